@@ -1,0 +1,119 @@
+"""Save and load a trained model: ``config.json`` + ``model.safetensors``, never pickle.
+
+The bundle holds every tensor that training touched (the head always, adapters and other
+strategy modules, backbone tensors when the backbone trained), the label names, the
+preprocessing and the backbone's spec and weights identity.  Loading rebuilds the backbone
+from its spec, checks the identity, lets the strategy add its modules again, then loads the
+tensors strictly: every saved tensor must land, the head must be there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import BundleError
+from .io import save_tensors, write_json
+
+FORMAT = "transferkit-bundle"
+FORMAT_VERSION = 1
+
+
+def save_bundle(path: str | Path, model, strategy, *, touched: list[str], grayscale: bool,
+                extra: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    names = sorted(set(touched) | {n for n in sd if n.startswith("head.")})
+    missing = [n for n in names if n not in sd]
+    if missing:
+        raise BundleError(f"{path}: cannot save, model has no tensor {missing[0]!r}")
+    bb = model.backbone
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "transferkit_version": __version__,
+        "modality": bb.modality,
+        "backbone": bb.spec(),
+        "backbone_identity": bb.identity(),
+        "head": model.head.cfg.to_dict(),
+        "strategy": strategy.to_dict(),
+        "classes": list(model.classes),
+        "preprocess": bb.preprocess,
+        "max_length": getattr(bb, "max_length", None) if bb.modality == "text" else None,
+        "grayscale": bool(grayscale),
+        "tensors": names,
+        **(extra or {}),
+    }
+    save_tensors(path / "model.safetensors", {n: sd[n] for n in names},
+                 metadata={"format": FORMAT, "transferkit_version": __version__})
+    write_json(path / "config.json", config)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle")
+    if not cfg_path.exists():
+        raise BundleError(f"{path}: not a bundle (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{cfg_path}: not valid JSON ({e})") from None
+    if cfg.get("format") != FORMAT:
+        raise BundleError(f"{cfg_path}: not a transferkit bundle config")
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{cfg_path}: bundle format {cfg['format_version']} is newer than this "
+                          f"transferkit understands ({FORMAT_VERSION}); upgrade transferkit")
+    return cfg
+
+
+def load_model(path: str | Path):
+    """Rebuild ``(model, strategy, config)`` from a bundle folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .backbones import build_from_spec
+    from .heads import HeadConfig, build_model
+    from .strategies.base import get_strategy
+
+    path = Path(path)
+    cfg = read_config(path)
+    backbone = build_from_spec(cfg["backbone"])
+    if backbone.identity() != cfg["backbone_identity"]:
+        raise BundleError(f"{path}: backbone weights differ from the ones this bundle was trained "
+                          f"on ({backbone.identity()} != {cfg['backbone_identity']})")
+    if cfg.get("max_length") and hasattr(backbone, "max_length"):
+        backbone.max_length = cfg["max_length"]
+    model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
+    strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"]["options"])
+    strategy.prepare(model)
+    try:
+        tensors = load_file(str(path / "model.safetensors"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: model.safetensors is missing") from None
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"{path / 'model.safetensors'}: unreadable ({e})") from None
+    expected = set(cfg["tensors"])
+    if set(tensors) != expected:
+        diff = sorted(expected ^ set(tensors))
+        raise BundleError(f"{path}: model.safetensors does not match config.json (e.g. {diff[0]!r})")
+    if not any(n.startswith("head.") for n in tensors):
+        raise BundleError(f"{path}: bundle holds no head tensors")
+    sd = model.state_dict()
+    with torch.no_grad():
+        for n, t in tensors.items():
+            if n not in sd:
+                raise BundleError(f"{path}: tensor {n!r} has no place in the rebuilt model")
+            if sd[n].shape != t.shape:
+                raise BundleError(f"{path}: tensor {n!r} has shape {tuple(t.shape)}, "
+                                  f"model expects {tuple(sd[n].shape)}")
+            sd[n].copy_(t)
+    model.eval()
+    return model, strategy, cfg

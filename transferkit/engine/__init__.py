@@ -1,0 +1,1 @@
+"""The one training loop, evaluation, feature cache and checkpoints."""

@@ -1,0 +1,160 @@
+"""Feature cache: a frozen backbone runs once per sample.
+
+Features are stored per *sample* under a namespace keyed by the backbone (identity and
+settings) and the transform; a sample is keyed by its content (a file's path, size and
+modification time; an array's bytes; a text's characters).  So ten epochs of head training,
+a second run with other head settings, or another seeded split of the same files, read the
+features back instead of running the backbone again; only samples never seen are computed.
+
+Layout: ``<cache dir>/<namespace>/<shard>.safetensors`` holding ``pooled`` ``(n, D)`` with the
+sample keys in the file's metadata.  Shards are written atomically; a damaged shard is
+ignored and its samples are recomputed.  The folder is ``--cache-dir``,
+``$TRANSFERKIT_CACHE_DIR`` or ``~/.cache/transferkit/features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..heads import masked_mean
+from ..io import save_tensors
+
+CACHE_VERSION = 2
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TRANSFERKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "transferkit" / "features"
+
+
+def namespace(backbone, transform: str) -> str:
+    payload = json.dumps({"v": CACHE_VERSION, "backbone": backbone.identity(),
+                          "spec": backbone.spec(), "transform": transform},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def item_key(item, modality: str = "image") -> str:
+    h = hashlib.sha1()
+    if modality == "text":
+        h.update(b"text|" + str(item).encode("utf-8", "surrogatepass"))
+    elif isinstance(item, np.ndarray):
+        h.update(b"array")
+        h.update(str((item.shape, item.dtype.str)).encode())
+        h.update(np.ascontiguousarray(item).tobytes())
+    elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
+        st = os.stat(item)
+        h.update(f"file|{os.path.abspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    else:
+        h.update(b"other|" + str(item).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:24]
+
+
+class FeatureCache:
+    def __init__(self, directory: str | os.PathLike | None = None, enabled: bool = True):
+        self.dir = Path(directory) if directory else default_cache_dir()
+        self.enabled = enabled
+        self.hits = 0       # samples read from the cache
+        self.misses = 0     # samples computed
+        self.compute_s = 0.0
+
+    def _index(self, ns_dir: Path) -> dict[str, tuple[Path, int]]:
+        from safetensors import safe_open
+
+        index: dict[str, tuple[Path, int]] = {}
+        if not ns_dir.exists():
+            return index
+        for shard in sorted(ns_dir.glob("*.safetensors")):
+            try:
+                with safe_open(str(shard), "pt") as f:
+                    keys = json.loads(f.metadata()["keys"])
+            except Exception:  # damaged shard: ignore, its samples get recomputed
+                continue
+            for row, k in enumerate(keys):
+                index[k] = (shard, row)
+        return index
+
+    def features(self, backbone, pipeline, samples, *, batch_size: int = 64,
+                 progress=None) -> torch.Tensor:
+        """Pooled features ``(N, D)`` of ``samples`` in item order."""
+        if not self.enabled:
+            t0 = time.perf_counter()
+            out = extract_features(backbone, pipeline, samples, batch_size=batch_size,
+                                   progress=progress)
+            self.compute_s += time.perf_counter() - t0
+            self.misses += len(samples)
+            return out
+        ns_dir = self.dir / namespace(backbone, pipeline.describe(train=False))
+        keys = [item_key(it, samples.modality) for it in samples.items]
+        index = self._index(ns_dir)
+        missing = [i for i, k in enumerate(keys) if k not in index]
+        new_feats = None
+        if missing:
+            t0 = time.perf_counter()
+            sub = samples.subset(missing)
+            new_feats = extract_features(backbone, pipeline, sub, batch_size=batch_size,
+                                         progress=progress)
+            self.compute_s += time.perf_counter() - t0
+            new_keys = [keys[i] for i in missing]
+            # one shard per distinct key set; duplicate keys within samples are fine
+            name = hashlib.sha1("".join(new_keys).encode()).hexdigest()[:20]
+            save_tensors(ns_dir / f"{name}.safetensors", {"pooled": new_feats},
+                         metadata={"keys": json.dumps(new_keys), "backbone": backbone.identity()})
+        self.misses += len(missing)
+        self.hits += len(samples) - len(missing)
+        dim = new_feats.shape[1] if new_feats is not None else None
+        out: torch.Tensor | None = None
+        loaded: dict[Path, torch.Tensor] = {}
+        miss_pos = {i: j for j, i in enumerate(missing)}
+        for i, k in enumerate(keys):
+            if i in miss_pos:
+                row = new_feats[miss_pos[i]]
+            else:
+                shard, r = index[k]
+                if shard not in loaded:
+                    from safetensors.torch import load_file
+
+                    loaded[shard] = load_file(str(shard))["pooled"]
+                row = loaded[shard][r]
+            if out is None:
+                dim = row.shape[0]
+                out = torch.empty((len(samples), dim), dtype=torch.float32)
+            out[i] = row
+        if out is None:
+            out = torch.empty((0, backbone.feature_dim))
+        return out
+
+
+def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None) -> torch.Tensor:
+    """Run the frozen backbone once over ``samples``; pooled features in item order."""
+    was_training = backbone.training
+    backbone.eval()
+    out: torch.Tensor | None = None
+    task = progress.add_task("features", total=len(samples)) if progress else None
+    try:
+        with torch.inference_mode():
+            for batch in pipeline.batches(samples, batch_size=batch_size):
+                o = backbone(batch.inputs)
+                f = o["pooled"] if "pooled" in o else masked_mean(o["tokens"], o["mask"])
+                f = f.float().cpu()
+                if out is None:
+                    out = torch.empty((len(samples), f.shape[1]), dtype=torch.float32)
+                out[batch.indices] = f
+                if progress:
+                    progress.advance(task, len(batch.indices))
+    finally:
+        backbone.train(was_training)
+        if progress and task is not None:
+            progress.remove_task(task)
+    if out is None:
+        out = torch.empty((0, backbone.feature_dim))
+    return out.clone()

@@ -1,0 +1,82 @@
+"""Turn :class:`~transferkit.data.Samples` into batches a backbone takes.
+
+Images are decoded lazily in DataLoader worker processes (JPEGs decoded at reduced size when
+they are much larger than the network input); texts are tokenised per batch by the backbone.
+A fault found while decoding becomes a one-line :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import DataError
+
+
+@dataclass
+class Batch:
+    inputs: Any                 # model input (tensor for images, token dict for texts)
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+class InputPipeline:
+    def __init__(self, backbone, *, grayscale: bool = False, augment: bool = False,
+                 workers: int | None = None, device=None):
+        self.backbone = backbone
+        self.modality = backbone.modality
+        self.grayscale = grayscale
+        self.augment = augment
+        self.workers = workers
+        self.device = device or torch.device("cpu")
+        if self.modality == "image":
+            from ..data.transforms import eval_transform, train_transform
+
+            pre = backbone.preprocess
+            self._eval_tf = eval_transform(pre)
+            self._train_tf = train_transform(pre, augment)
+            h = pre["input_size"][-1]
+            self.target_size = int(math.ceil(h / pre.get("crop_pct", 1.0)))
+
+    def describe(self, train: bool = False) -> str:
+        if self.modality == "image":
+            from ..data.transforms import describe_transform
+
+            return describe_transform(self.backbone.preprocess, self.augment and train, self.grayscale)
+        return f"text:max_length={getattr(self.backbone, 'max_length', None)}"
+
+    def batches(self, samples, *, batch_size: int, train: bool = False, shuffle: bool = False,
+                seed: int = 0) -> Iterator[Batch]:
+        from ..data.datasets import make_loader
+
+        if samples.modality != self.modality:
+            raise DataError(f"{samples.source}: holds {samples.modality} data but backbone "
+                            f"{self.backbone.name!r} takes {self.modality}")
+        if self.modality == "image":
+            loader = make_loader(samples, transform=self._train_tf if train else self._eval_tf,
+                                 batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                 workers=self.workers, grayscale=self.grayscale,
+                                 target_size=self.target_size)
+            for x, y, idx, bad in loader:
+                if bad:
+                    self._raise_bad(samples, bad[0])
+                yield Batch(x.to(self.device), y.to(self.device), idx)
+        else:
+            loader = make_loader(samples, batch_size=batch_size, shuffle=shuffle, seed=seed)
+            for texts, y, idx in loader:
+                tok = self.backbone.tokenize(list(texts))
+                tok = {k: v.to(self.device) for k, v in tok.items()}
+                yield Batch(tok, y.to(self.device), idx)
+
+    def _raise_bad(self, samples, i: int) -> None:
+        from ..data.images import open_image
+
+        origin = samples.origins[i]
+        open_image(samples.items[i], origin, grayscale=self.grayscale)  # raises the exact fault
+        raise DataError(f"{origin}: could not be decoded")  # pragma: no cover
+
+    def num_batches(self, samples, batch_size: int) -> int:
+        return math.ceil(len(samples) / batch_size)

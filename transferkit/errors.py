@@ -1,0 +1,34 @@
+"""Errors that reach the user as one line.
+
+Every fault caused by the user's input (a file, a row, a flag, a name) is raised as a
+:class:`TransferkitError` whose message names the file or row and what is wrong.  The
+command line prints ``error: <message>`` and exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class TransferkitError(Exception):
+    """A user-facing fault. ``str(err)`` is a single line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # Keep the message on one line whatever the caller passed.
+        super().__init__(" ".join(str(message).split()))
+
+
+class DataError(TransferkitError):
+    """Unreadable, malformed or inconsistent input data."""
+
+
+class ConfigError(TransferkitError):
+    """An unknown name, a bad flag value or an impossible combination of settings."""
+
+
+class BackboneError(TransferkitError):
+    """A backbone that cannot be built or loaded (unknown name, no weights, no network)."""
+
+
+class BundleError(TransferkitError):
+    """A saved bundle that is missing, incomplete or does not match its config."""

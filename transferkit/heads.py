@@ -1,0 +1,132 @@
+"""Heads put on top of a backbone, and the model that joins the two.
+
+A head reads the backbone's feature dict (``pooled`` or ``tokens`` + ``mask``) and returns
+logits.  Kinds:
+
+* ``linear``  - dropout + one dense layer on pooled features;
+* ``mlp``     - dense -> GELU -> dropout -> dense (one hidden layer of ``hidden`` units);
+* ``bilstm``  - a bidirectional LSTM over token vectors, mean- and max-pooled over the
+  sequence, then dropout + dense (the classic recipe over frozen word vectors);
+* ``auto``    - ``bilstm`` for sequence-only backbones (word vectors), else ``linear``.
+
+Sequence features without ``pooled`` are mean-pooled over the mask for ``linear``/``mlp``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+HEAD_KINDS = ("auto", "linear", "mlp", "bilstm")
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "auto"
+    hidden: int = 256
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown head option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def resolved(self, backbone_output: str) -> "HeadConfig":
+        if self.kind not in HEAD_KINDS:
+            raise ConfigError(f"unknown head {self.kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"head dropout must be in [0, 1), got {self.dropout}")
+        if self.hidden < 1:
+            raise ConfigError(f"head hidden size must be >= 1, got {self.hidden}")
+        kind = self.kind
+        if kind == "auto":
+            kind = "bilstm" if backbone_output == "sequence" else "linear"
+        if kind == "bilstm" and backbone_output != "sequence":
+            raise ConfigError("head 'bilstm' needs a backbone that yields token vectors "
+                              "(wordllama or vectors:FILE)")
+        return HeadConfig(kind=kind, hidden=self.hidden, dropout=self.dropout)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: HeadConfig, in_dim: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.kind = cfg.kind
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.kind == "linear":
+            self.fc = nn.Linear(in_dim, num_classes)
+        elif cfg.kind == "mlp":
+            self.hidden = nn.Linear(in_dim, cfg.hidden)
+            self.act = nn.GELU()
+            self.fc = nn.Linear(cfg.hidden, num_classes)
+        elif cfg.kind == "bilstm":
+            self.lstm = nn.LSTM(in_dim, cfg.hidden, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(4 * cfg.hidden, num_classes)
+        else:  # pragma: no cover - resolved() guards this
+            raise ConfigError(f"unknown head {cfg.kind!r}")
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.kind == "bilstm":
+            tokens, mask = feats["tokens"], feats["mask"].bool()
+            lengths = mask.sum(1).clamp_min(1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(tokens, lengths, batch_first=True,
+                                                       enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                      total_length=tokens.shape[1])
+            m = mask[:, : out.shape[1]]
+            mean = masked_mean(out, m)
+            mx = out.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
+            mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+            x = torch.cat([mean, mx], dim=1)
+            return self.fc(self.dropout(x))
+        x = feats.get("pooled")
+        if x is None:
+            x = masked_mean(feats["tokens"], feats["mask"])
+        if self.kind == "mlp":
+            x = self.act(self.hidden(self.dropout(x)))
+        return self.fc(self.dropout(x))
+
+
+class TransferModel(nn.Module):
+    """A backbone and a head; ``forward(batch) -> logits``."""
+
+    def __init__(self, backbone, head: Head, classes: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.classes = list(classes)
+
+    def features(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.backbone(batch)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.backbone(batch))
+
+
+def build_model(backbone, head_cfg: HeadConfig, classes: list[str]) -> TransferModel:
+    cfg = head_cfg.resolved(backbone.output)
+    head = Head(cfg, backbone.feature_dim, len(classes))
+    return TransferModel(backbone, head, classes)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, total

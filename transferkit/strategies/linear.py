@@ -1,0 +1,88 @@
+"""``linear``: logistic regression (scikit-learn) on frozen, cached features.
+
+The inverse regularisation strength ``C`` is chosen on the validation split from a grid
+unless given.  Features are standardised for the solver and the scaling is folded back into
+one dense layer, so the bundle holds an ordinary linear head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Options, Stage, Strategy, register_strategy
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass
+class LinearOptions(Options):
+    C: float | None = None
+    max_iter: int = 3000
+
+
+@register_strategy
+class Linear(Strategy):
+    name = "linear"
+    description = "logistic regression (scikit-learn) on frozen features; C chosen on validation"
+    options_cls = LinearOptions
+    closed_form = True
+    default_head = "linear"
+
+    def validate(self) -> None:
+        if self.options.C is not None and self.options.C <= 0:
+            raise ConfigError(f"linear: C must be > 0, got {self.options.C}")
+
+    def stages(self, model, train):
+        return [Stage("probe", 0, [], frozen_backbone=True)]
+
+    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import accuracy_score, log_loss
+
+        if model.head.kind != "linear":
+            raise ConfigError("linear strategy needs a linear head (head kind 'linear')")
+        xt = x_train.double().numpy()
+        mu = xt.mean(0)
+        sd = xt.std(0) + 1e-6
+        z = (xt - mu) / sd
+        zv = (x_val.double().numpy() - mu) / sd
+        yt, yv = y_train.numpy(), y_val.numpy()
+        n_classes = len(model.classes)
+        grid = [self.options.C] if self.options.C is not None else list(C_GRID)
+        tried = []
+        best = None
+        for c in grid:
+            clf = LogisticRegression(C=c, max_iter=self.options.max_iter, random_state=seed)
+            clf.fit(z, yt)
+            proba = clf.predict_proba(zv)
+            full = np.zeros((len(yv), n_classes))
+            full[:, clf.classes_] = proba
+            acc = accuracy_score(yv, full.argmax(1)) if len(yv) else float("nan")
+            loss = log_loss(yv, np.clip(full, 1e-12, 1), labels=list(range(n_classes))) if len(yv) else 0.0
+            tried.append({"C": c, "val_accuracy": acc, "val_loss": loss})
+            key = (acc, -loss)
+            if best is None or key > best[0]:
+                best = (key, c, clf)
+        _, c, clf = best
+        coef = np.zeros((n_classes, z.shape[1]))
+        bias = np.zeros(n_classes)
+        if clf.coef_.shape[0] == 1:  # binary: sigmoid(w.x+b) == softmax([-(w.x+b)/2, (w.x+b)/2])
+            idx0, idx1 = clf.classes_
+            coef[idx0], coef[idx1] = -clf.coef_[0] / 2, clf.coef_[0] / 2
+            bias[idx0], bias[idx1] = -clf.intercept_[0] / 2, clf.intercept_[0] / 2
+        else:
+            coef[clf.classes_] = clf.coef_
+            bias[clf.classes_] = clf.intercept_
+            missing = sorted(set(range(n_classes)) - set(clf.classes_.tolist()))
+            bias[missing] = -1e4
+        # fold standardisation: w.(x-mu)/sd + b  ==  (w/sd).x + (b - w.mu/sd)
+        w = coef / sd
+        b = bias - coef @ (mu / sd)
+        with torch.no_grad():
+            model.head.fc.weight.copy_(torch.from_numpy(w).to(model.head.fc.weight.dtype))
+            model.head.fc.bias.copy_(torch.from_numpy(b).to(model.head.fc.bias.dtype))
+        return {"C": c, "grid": tried}
