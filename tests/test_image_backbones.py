@@ -104,6 +104,21 @@ def test_lite0_forward_small_and_groups():
     assert groups[-1][0] is bb.model.conv_head.weight
 
 
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_preprocess_matches_timm_cfg(variant):
+    import timm
+    from timm.data import resolve_data_config
+
+    from transferkit.backbones.image import _LITE_PREPROCESS
+
+    cfg = resolve_data_config({}, model=timm.create_model(f"tf_efficientnet_lite{variant}"))
+    want = _LITE_PREPROCESS[variant]
+    assert list(cfg["input_size"]) == want["input_size"]
+    assert cfg["interpolation"] == want["interpolation"]
+    assert list(cfg["mean"]) == want["mean"] and list(cfg["std"]) == want["std"]
+    assert cfg["crop_pct"] == pytest.approx(want["crop_pct"])
+
+
 def test_lite_refuses_unknown_argument():
     with pytest.raises(BackboneError, match="only image_size"):
         build_backbone("efficientnet_lite0", weights="x.pth")
@@ -212,6 +227,7 @@ def test_timm_weights_with_other_classifier_or_none(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "c0.safetensors"))
     bb = build_backbone("timm:test_efficientnet", weights=str(tmp_path / "c0.safetensors"))
     assert bb(torch.randn(1, 3, 32, 32))["pooled"].shape == (1, bb.feature_dim)
+    assert bb.imagenet_head is None
     with pytest.raises(BackboneError, match="no classifier"):
         bb.classify_imagenet(torch.randn(1, 3, 32, 32))
 

@@ -229,6 +229,8 @@ class TimmBackbone(Backbone):
     @property
     def imagenet_head(self) -> nn.Module | None:
         """The model's original classifier (``None`` when the weights came without one)."""
+        if getattr(self.model, "num_classes", 0) == 0:
+            return None
         heads = _classifier_modules(self.model)
         return heads[0] if heads else None
 
@@ -260,7 +262,13 @@ class TimmBackbone(Backbone):
 
 # --------------------------------------------------------------------------- EfficientNet-Lite
 
-_LITE_CROP = {0: 224, 1: 240, 2: 260}
+#: the reference evaluation of the TF models: bicubic resize to size / crop_pct, centre crop
+#: ``size`` (crop_pct = size / (size + 32), rounded as timm's pretrained cfg has it), mean = std = 0.5
+_LITE_PREPROCESS = {
+    v: {"input_size": [3, size, size], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic", "crop_pct": crop_pct}
+    for v, size, crop_pct in ((0, 224, 0.875), (1, 240, 0.882), (2, 260, 0.890))
+}
 
 _STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
               "_fc": "classifier"}
@@ -337,11 +345,9 @@ def _build_lite(variant: int, image_size: int | None) -> TimmBackbone:
         raise BackboneError(f"{name}: cannot read {path}: {exc}") from None
     model = _timm().create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     model.load_state_dict(map_lite_state_dict(src, model), strict=True)
-    pre = _preprocess_from_timm(model, image_size)
-    # timm's pretrained cfg for tf_efficientnet_lite* is the TF reference evaluation
-    # (bicubic, centre crop size/(size+32), mean = std = 0.5); check it has not drifted.
-    assert pre["interpolation"] == "bicubic" and pre["mean"] == [0.5] * 3 and pre["std"] == [0.5] * 3
-    assert image_size is not None or pre["input_size"] == [3, _LITE_CROP[variant], _LITE_CROP[variant]]
+    pre = {k: list(v) if isinstance(v, list) else v for k, v in _LITE_PREPROCESS[variant].items()}
+    if image_size is not None:
+        pre["input_size"] = [3, image_size, image_size]
     spec = {"image_size": image_size} if image_size is not None else {}
     return TimmBackbone(model, name=name, preprocess=pre, spec=spec, weights_tag=file_sha256(path))
 

@@ -36,9 +36,9 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "transferkit" / "features"
 
 
-def namespace(backbone, transform: str) -> str:
+def namespace(backbone, transform: str, runtime: str = "torch") -> str:
     payload = json.dumps({"v": CACHE_VERSION, "backbone": backbone.identity(),
-                          "spec": backbone.spec(), "transform": transform},
+                          "spec": backbone.spec(), "transform": transform, "runtime": runtime},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -60,9 +60,15 @@ def item_key(item, modality: str = "image") -> str:
 
 
 class FeatureCache:
-    def __init__(self, directory: str | os.PathLike | None = None, enabled: bool = True):
+    """``runtime``: ``"auto"`` (ONNX Runtime for image backbones on CPU when installed),
+    ``"torch"`` or ``"onnx"``."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, enabled: bool = True,
+                 runtime: str = "auto"):
         self.dir = Path(directory) if directory else default_cache_dir()
         self.enabled = enabled
+        self.runtime = runtime
+        self.used_runtime: str | None = None
         self.hits = 0       # samples read from the cache
         self.misses = 0     # samples computed
         self.compute_s = 0.0
@@ -86,14 +92,15 @@ class FeatureCache:
     def features(self, backbone, pipeline, samples, *, batch_size: int = 64,
                  progress=None) -> torch.Tensor:
         """Pooled features ``(N, D)`` of ``samples`` in item order."""
+        runtime = self._runtime(backbone, pipeline)
         if not self.enabled:
             t0 = time.perf_counter()
             out = extract_features(backbone, pipeline, samples, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, session=self._session(backbone, runtime))
             self.compute_s += time.perf_counter() - t0
             self.misses += len(samples)
             return out
-        ns_dir = self.dir / namespace(backbone, pipeline.describe(train=False))
+        ns_dir = self.dir / namespace(backbone, pipeline.describe(train=False), runtime)
         keys = [item_key(it, samples.modality) for it in samples.items]
         index = self._index(ns_dir)
         missing = [i for i, k in enumerate(keys) if k not in index]
@@ -102,7 +109,7 @@ class FeatureCache:
             t0 = time.perf_counter()
             sub = samples.subset(missing)
             new_feats = extract_features(backbone, pipeline, sub, batch_size=batch_size,
-                                         progress=progress)
+                                         progress=progress, session=self._session(backbone, runtime))
             self.compute_s += time.perf_counter() - t0
             new_keys = [keys[i] for i in missing]
             # one shard per distinct key set; duplicate keys within samples are fine
@@ -134,8 +141,30 @@ class FeatureCache:
         return out
 
 
-def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None) -> torch.Tensor:
-    """Run the frozen backbone once over ``samples``; pooled features in item order."""
+    def _runtime(self, backbone, pipeline) -> str:
+        from . import onnx
+
+        rt = self.runtime
+        if rt == "auto":
+            rt = "onnx" if (backbone.modality == "image" and pipeline.device.type == "cpu"
+                            and onnx.available()) else "torch"
+        self.used_runtime = rt
+        return rt
+
+    def _session(self, backbone, runtime: str):
+        if runtime != "onnx":
+            return None
+        from . import onnx
+
+        return onnx.session_for(backbone, self.dir)
+
+
+def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None,
+                     session=None) -> torch.Tensor:
+    """Run the frozen backbone once over ``samples``; pooled features in item order.
+
+    With an ONNX Runtime ``session`` (image backbones), the graph runs there instead.
+    """
     was_training = backbone.training
     backbone.eval()
     out: torch.Tensor | None = None
@@ -143,9 +172,14 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
     try:
         with torch.inference_mode():
             for batch in pipeline.batches(samples, batch_size=batch_size):
-                o = backbone(batch.inputs)
-                f = o["pooled"] if "pooled" in o else masked_mean(o["tokens"], o["mask"])
-                f = f.float().cpu()
+                if session is not None:
+                    from .onnx import run
+
+                    f = run(session, batch.inputs.cpu())
+                else:
+                    o = backbone(batch.inputs)
+                    f = o["pooled"] if "pooled" in o else masked_mean(o["tokens"], o["mask"])
+                    f = f.float().cpu()
                 if out is None:
                     out = torch.empty((len(samples), f.shape[1]), dtype=torch.float32)
                 out[batch.indices] = f

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -65,10 +66,17 @@ class InputPipeline:
                     self._raise_bad(samples, bad[0])
                 yield Batch(x.to(self.device), y.to(self.device), idx)
         else:
+            order = None
+            if not shuffle and len(samples) > batch_size:
+                # inference: batch texts of similar length, so padding does not double the work
+                order = np.argsort([len(t) for t in samples.items], kind="stable")
+                samples = samples.subset(order.tolist())
             loader = make_loader(samples, batch_size=batch_size, shuffle=shuffle, seed=seed)
             for texts, y, idx in loader:
                 tok = self.backbone.tokenize(list(texts))
                 tok = {k: v.to(self.device) for k, v in tok.items()}
+                if order is not None:
+                    idx = torch.as_tensor(order[idx.numpy()])
                 yield Batch(tok, y.to(self.device), idx)
 
     def _raise_bad(self, samples, i: int) -> None:
