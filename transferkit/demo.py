@@ -44,7 +44,8 @@ def run_demo(out: str = "runs/demo", cache_dir: str | None = None, quiet: bool =
           f"n={m['val']['n']})")
     print(f"test accuracy       {m['test']['accuracy']:.4f} (macro F1 {m['test']['macro_f1']:.4f}, "
           f"n={m['test']['n']})")
-    print(f"bundle: {out_p / 'bundle'}")
-    print(f"report: {out_p / 'report.html'}")
-    print(f"try:    transferkit predict {out_p / 'bundle'} {data}")
+    print(f"bundle:  {out_p / 'bundle'}")
+    print(f"report:  {out_p / 'report.html'}  (curves, per-class figures, confusion matrices)")
+    print(f"metrics: {out_p / 'metrics.json'}")
+    print(f"next:    transferkit predict {out_p / 'bundle'} {data}")
     return tm

@@ -185,7 +185,8 @@ def timm_layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
             break
         i = max(open_at, key=lambda j: sum(p.numel() for p in units[j][0]))
         inner = {id(p) for p in units[i][0]}
-        sub = [([p for p in m.parameters() if id(p) in inner], m) for m in units[i][1]]
+        taken = set(seen) - inner  # only this unit's parameters, each once
+        sub = [(_unique(list(m.parameters()), taken), m) for m in units[i][1]]
         units[i:i + 1] = [u for u in sub if u[0]]
     plain = [u for u, _ in units]
     total = sum(p.numel() for u in plain for p in u) or 1
