@@ -72,6 +72,11 @@ def test_fit_text_and_predict_texts(text_csv, tmp_path, capsys):
                           "awful bad hate"], capsys)
     assert code == 0, err
     assert len(out.strip().splitlines()) == 2
+    # a table of texts: one prediction per row, labels ignored
+    code, out, err = run(["predict", run_dir / "bundle", text_csv], capsys)
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 32
+    assert "line 2" in out.splitlines()[0]
 
 
 def test_config_file(image_folder, tmp_path, capsys):

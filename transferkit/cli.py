@@ -190,7 +190,8 @@ def cmd_predict(a) -> int:
     if a.text:
         s = api.samples_from_list(a.inputs, "text", tm.classes)
     elif len(a.inputs) == 1 and (Path(a.inputs[0]).is_dir() or Path(a.inputs[0]).suffix.lower()
-                                 in (".csv", ".tsv", ".npz", ".gz", ".tgz")):
+                                 in (".csv", ".tsv", ".txt", ".npz", ".gz", ".tgz")):
+        # a folder or a data file: one sample per image / row (a .txt without tabs is one text)
         s = tm._samples(a.inputs[0])
     else:
         if tm.modality == "text":
