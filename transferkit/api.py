@@ -184,7 +184,8 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         with _sigterm_as_interrupt():
             result = trainer.fit(splits["train"], splits["val"], resume=resume)
         frozen = not any(n.startswith("backbone.") for n in result.touched) and \
-            not getattr(strat, "needs_live_backbone", False) and model.head.kind != "bilstm"
+            model.features_fn is None and model.head.kind != "bilstm" and \
+            not getattr(strat, "needs_live_backbone", False)
         val_m = trainer.evaluate(splits["val"], use_cache=frozen)
         test_m = trainer.evaluate(splits["test"], use_cache=frozen) if splits["test"] else None
 

@@ -52,6 +52,7 @@ def save_bundle(path: str | Path, model, strategy, *, touched: list[str], graysc
     save_tensors(path / "model.safetensors", {n: sd[n] for n in names},
                  metadata={"format": FORMAT, "transferkit_version": __version__})
     write_json(path / "config.json", config)
+    strategy.save_extra(model, path)
     return path
 
 
@@ -93,6 +94,7 @@ def load_model(path: str | Path):
         backbone.max_length = cfg["max_length"]
     model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
     strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"]["options"])
+    strategy.check_backbone(backbone)
     strategy.prepare(model)
     try:
         tensors = load_file(str(path / "model.safetensors"))

@@ -112,12 +112,17 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.classes = list(classes)
+        #: a strategy may replace how features are computed (e.g. a second, steered pass):
+        #: ``features_fn(model, batch) -> feature dict``.  Modules it needs live on the model.
+        self.features_fn = None
 
     def features(self, batch: Any) -> dict[str, torch.Tensor]:
+        if self.features_fn is not None:
+            return self.features_fn(self, batch)
         return self.backbone(batch)
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return self.head(self.backbone(batch))
+        return self.head(self.features(batch))
 
 
 def build_model(backbone, head_cfg: HeadConfig, classes: list[str]) -> TransferModel:

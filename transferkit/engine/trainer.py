@@ -94,6 +94,8 @@ class Trainer:
         bb = self.model.backbone
         if not stage.frozen_backbone or self.model.head.kind == "bilstm":
             return False
+        if self.model.features_fn is not None:
+            return False
         if self.cfg.augment and bb.modality == "image":
             return False
         return not getattr(self.strategy, "needs_live_backbone", False)
@@ -182,6 +184,7 @@ class Trainer:
         cfg = self.cfg
         self._val = val
         model = self.model.to(self.device)
+        self.strategy.check_backbone(model.backbone)
         self.strategy.prepare(model)
         model.to(self.device)
         stages = self.strategy.stages(model, cfg)
@@ -267,6 +270,8 @@ class Trainer:
                     self.log(f"  epoch {gep:3d} [{stage.name}] train loss {train_loss:.4f}  "
                              f"val loss {m['loss']:.4f}  val acc {m['accuracy']:.4f}"
                              + ("  *" if improved else ""))
+                    if self.run_dir:
+                        self._write_history(history)
                     if cfg.patience and bad_epochs >= cfg.patience:
                         self.log(f"  early stop: no val improvement in {cfg.patience} epochs")
                         stopped = True
@@ -313,17 +318,21 @@ class Trainer:
                                              shuffle=True, seed=seed))
         total, count, step = 0.0, 0, step0
         params = stage.parameters()
+        task = None
+        if self.progress is not None and not use_cache:
+            task = self.progress.add_task(f"train [{stage.name}]",
+                                          total=self._steps_per_epoch(stage, train))
         for inputs, y in batches:
             f = lr_factor(step, total_steps, warmup, cfg.schedule)
             for g_ in opt.param_groups:
                 g_["lr"] = g_["initial_lr"] * f
             if use_cache:
                 feats_b = inputs
-            elif stage.frozen_backbone:
+            elif stage.frozen_backbone and model.features_fn is None:
                 with torch.no_grad():
                     feats_b = model.backbone(inputs)
             else:
-                feats_b = model.backbone(inputs)
+                feats_b = model.features(inputs)
             logits = model.head(feats_b)
             loss = loss_fn(logits, y)
             for name, term in self.strategy.loss_terms(model, feats_b, logits, y).items():
@@ -336,6 +345,10 @@ class Trainer:
             total += float(loss.detach()) * len(y)
             count += len(y)
             step += 1
+            if task is not None:
+                self.progress.advance(task)
+        if task is not None:
+            self.progress.remove_task(task)
         return total / max(count, 1)
 
     # ------------------------------------------------------------------ checkpoints

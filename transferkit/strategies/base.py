@@ -108,8 +108,15 @@ class Strategy:
         self.options = self.options_cls.parse(self.name, options)
         self.validate()
 
+    #: whether the backbone's own pretrained tensors change in training: "none" (frozen;
+    #: added modules may train), "some" (a named subset), "all"
+    trains_backbone: ClassVar[str] = "none"
+
     def validate(self) -> None:
         """Refuse impossible option values (raise ConfigError)."""
+
+    def check_backbone(self, backbone) -> None:
+        """Refuse a backbone this strategy cannot work with (raise ConfigError)."""
 
     # -- hooks -------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> None:
@@ -126,6 +133,9 @@ class Strategy:
                         x_val: torch.Tensor, y_val: torch.Tensor, seed: int) -> dict[str, Any]:
         raise NotImplementedError  # pragma: no cover
 
+    def save_extra(self, model: nn.Module, bundle_dir) -> None:
+        """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.options.to_dict()}
 
@@ -141,7 +151,15 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 
 def _ensure_builtins() -> None:
-    from . import freeze, finetune, linear  # noqa: F401
+    """Import every module of this package: each registers its strategies."""
+    import importlib
+    import pkgutil
+
+    from .. import strategies as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "base":
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
 def list_strategies() -> list[type[Strategy]]:

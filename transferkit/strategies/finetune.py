@@ -72,6 +72,7 @@ class Finetune(_Staged):
     description = ("head first on the frozen backbone, then all layers at lower, "
                    "per-group (discriminative) learning rates")
     options_cls = FinetuneOptions
+    trains_backbone = "all"
 
 
 @register_strategy
@@ -79,6 +80,7 @@ class Partial(_Staged):
     name = "partial"
     description = "head first, then unfreeze the last N layer groups (option layers=N)"
     options_cls = PartialOptions
+    trains_backbone = "some"
 
     def validate(self) -> None:
         super().validate()
