@@ -270,3 +270,15 @@ def test_sigterm_keeps_the_checkpoint(tmp_path):
     st = json.loads(state.read_text())
     assert st["epoch"] >= 1
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_explain_command(image_folder, tmp_path, capsys):
+    code, _, err = run(["fit", image_folder, "--backbone", "tiny-cnn", "--epochs", "1",
+                        "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    code, out, err = run(["explain", tmp_path / "run" / "bundle", image_folder / "cat" / "cat_000.png",
+                          "--out", tmp_path / "ex"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ex" / "explain.html").exists()
+    code, _, err = run(["explain", tmp_path / "run" / "bundle", tmp_path / "nope.png"], capsys)
+    assert_one_line_error(code, err, "nope.png")

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   transferkit fit --resume runs/ft
   transferkit evaluate runs/ft/bundle data/test
   transferkit predict runs/ft/bundle img1.jpg img2.jpg --json
+  transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
   transferkit list backbones
   transferkit demo
 """
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="files, a folder, a CSV, or texts with --text")
     pr.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
     pr.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("explain", parents=[common], help="what a bundle's model attends to "
+                        "(attention maps / rollout for ViTs, Grad-CAM for CNNs, token "
+                        "attribution for text), before and after adaptation, as PNG + HTML")
+    ex.add_argument("bundle")
+    ex.add_argument("inputs", nargs="+", help="image files or folders; text files, or texts with --text")
+    ex.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
+    ex.add_argument("--out", default=None, help="output folder (default BUNDLE/../explain)")
 
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
@@ -240,6 +249,16 @@ def cmd_list(a) -> int:
     return 0
 
 
+def cmd_explain(a) -> int:
+    from .report.explain import explain
+
+    out = Path(a.out) if a.out else Path(a.bundle).resolve().parent / "explain"
+    paths = explain(a.bundle, list(a.inputs), out, texts=a.text)
+    html = [p for p in paths if str(p).endswith(".html")]
+    print(f"wrote {len(paths)} file(s) to {out}" + (f"; open {html[0]}" if html else ""))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -255,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "list": cmd_list, "demo": cmd_demo}[a.command]
+               "explain": cmd_explain, "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         return handler(a)
     except TransferkitError as e:

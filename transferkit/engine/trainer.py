@@ -260,12 +260,12 @@ class Trainer:
                            "lr": opt.param_groups[-1]["lr"] if opt else None,
                            "seconds": round(time.perf_counter() - t0, 3)}
                     history.append(rec)
-                    improved = _better(key, best["key"])
+                    improved = stage.selectable and _better(key, best["key"])
                     if improved:
                         best = {"key": key, "epoch": gep, "stage": stage.name,
                                 "state": self._state(touched), "metrics": m}
                         bad_epochs = 0
-                    else:
+                    elif stage.selectable:
                         bad_epochs += 1
                     self.log(f"  epoch {gep:3d} [{stage.name}] train loss {train_loss:.4f}  "
                              f"val loss {m['loss']:.4f}  val acc {m['accuracy']:.4f}"

@@ -46,6 +46,9 @@ class Stage:
     frozen_backbone: bool = True
     train_bn: bool = False
     warmup_epochs: float = 0.0
+    #: whether an epoch of this stage may be chosen as the best one (False for stages that
+    #: do not train the classifier, such as unsupervised pre-tuning)
+    selectable: bool = True
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.params]
