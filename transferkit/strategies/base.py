@@ -118,6 +118,13 @@ class Strategy:
     def validate(self) -> None:
         """Refuse impossible option values (raise ConfigError)."""
 
+    def require_positive(self, *names: str) -> None:
+        """Refuse options among ``names`` that are set but not > 0."""
+        for n in names:
+            v = getattr(self.options, n)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{self.name}: {n} must be > 0, got {v}")
+
     def check_backbone(self, backbone) -> None:
         """Refuse a backbone this strategy cannot work with (raise ConfigError)."""
 

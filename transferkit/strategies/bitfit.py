@@ -66,10 +66,7 @@ class BitFit(Strategy):
 
     def validate(self) -> None:
         o = self.options
-        if o.lr is not None and not o.lr > 0:
-            raise ConfigError(f"bitfit: lr must be > 0, got {o.lr}")
-        if not o.head_lr > 0:
-            raise ConfigError(f"bitfit: head_lr must be > 0, got {o.head_lr}")
+        self.require_positive("lr", "head_lr")
 
     def check_backbone(self, backbone) -> None:
         if not bitfit_parameters(backbone, self.options.norms):

@@ -331,10 +331,7 @@ class Lora(Strategy):
             raise ConfigError(f"lora: alpha must be > 0, got {o.alpha}")
         if not 0.0 <= o.dropout < 1.0:
             raise ConfigError(f"lora: dropout must be in [0, 1), got {o.dropout}")
-        if o.lr is not None and not o.lr > 0:
-            raise ConfigError(f"lora: lr must be > 0, got {o.lr}")
-        if not o.head_lr > 0:
-            raise ConfigError(f"lora: head_lr must be > 0, got {o.head_lr}")
+        self.require_positive("lr", "head_lr")
         if o.bias not in BIAS_MODES:
             raise ConfigError(f"lora: bias must be one of {', '.join(BIAS_MODES)}, got {o.bias!r}")
         if o.targets is not None and not self._target_list():

@@ -211,10 +211,7 @@ class Prompt(Strategy):
             raise ConfigError(f"prompt: depth must be one of {', '.join(DEPTHS)}, got {o.depth!r}")
         if not isinstance(o.tokens, int) or isinstance(o.tokens, bool) or o.tokens < 1:
             raise ConfigError(f"prompt: tokens must be an integer >= 1, got {o.tokens!r}")
-        if o.lr is not None and not o.lr > 0:
-            raise ConfigError(f"prompt: lr must be > 0, got {o.lr}")
-        if not o.head_lr > 0:
-            raise ConfigError(f"prompt: head_lr must be > 0, got {o.head_lr}")
+        self.require_positive("lr", "head_lr")
         if not 0.0 <= o.dropout < 1.0:
             raise ConfigError(f"prompt: dropout must be in [0, 1), got {o.dropout}")
 

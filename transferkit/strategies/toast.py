@@ -403,10 +403,7 @@ class Toast(Strategy):
 
     def validate(self) -> None:
         o = self.options
-        if o.lr is not None and not o.lr > 0:
-            raise ConfigError(f"{self.name}: lr must be > 0, got {o.lr}")
-        if not o.head_lr > 0:
-            raise ConfigError(f"{self.name}: head_lr must be > 0, got {o.head_lr}")
+        self.require_positive("lr", "head_lr")
         if o.pretune_epochs < 0:
             raise ConfigError(f"{self.name}: pretune_epochs must be >= 0, got {o.pretune_epochs}")
         if o.var_weight < 0:
