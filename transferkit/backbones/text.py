@@ -260,7 +260,7 @@ def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 result.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
             result.append(False)
 
     t = threading.Thread(target=probe, name="transferkit-hub-probe", daemon=True)
