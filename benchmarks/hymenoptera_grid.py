@@ -41,8 +41,15 @@ STRATEGIES: dict[str, dict] = {
     "finetune": dict(strategy="finetune", options={"head_epochs": 5}, epochs=4),
 }
 
-# settings tried after the base grid, labelled as such in the results
-EXTRA: dict[str, dict] = {}
+# Tried after the base grid, which missed both targets; labelled as such in the results.
+# One change, fixed before looking at any figure of it: training-time augmentation (random
+# resized crop 0.6-1, horizontal flip, rotation up to 15 degrees) for full fine-tuning, the
+# strategy that trains the most parameters (3.4 M) on the fewest images (195).  Whether it
+# replaces plain fine-tuning is decided on the selection split (mean accuracy over seeds).
+EXTRA: dict[str, dict] = {
+    "finetune+augment": dict(strategy="finetune", options={"head_epochs": 5}, epochs=4,
+                             augment=True),
+}
 
 REFERENCE = {  # the seed notebook's ResNet-18 (accuracy on hymenoptera val)
     ("freeze", "colour"): 0.961, ("finetune", "colour"): 0.954,
@@ -181,19 +188,32 @@ def report(rows: list[dict], args, configs: dict) -> None:
         base = [n for n in args.strategies if n not in EXTRA]
         # the strategy with the best mean selection accuracy is "the" pick; the best test
         # figure is shown too, for reference only
-        by_val = max(base, key=lambda n: mean_sd(r["val_acc"] for r in sel(n, mode))[0])
+        vals = {n: round(mean_sd(r["val_acc"] for r in sel(n, mode))[0], 6) for n in base}
+        top = max(vals.values())
+        by_val = [n for n in base if vals[n] == top]
         best_test = max(base, key=lambda n: summary[(n, mode)][0])
         m = summary[(best_test, mode)][0]
         lines.append(f"- {mode}: target >= {100 * target:.1f} % for the best strategy: best test "
                      f"mean {100 * m:.1f} % ({best_test}) -> {'met' if m >= target else 'missed'}; "
-                     f"strategy with the best mean selection accuracy: {by_val} "
-                     f"({100 * summary[(by_val, mode)][0]:.1f} % test)")
+                     f"best mean selection accuracy ({100 * top:.1f} %"
+                     f"{', tied' if len(by_val) > 1 else ''}): "
+                     + ", ".join(f"{n} ({100 * summary[(n, mode)][0]:.1f} % test)" for n in by_val))
         for n in [n for n in args.strategies if n in EXTRA]:
             mm = summary[(n, mode)][0]
+            base_n = n.split("+")[0]
+            v_new = mean_sd(r["val_acc"] for r in sel(n, mode))[0]
+            v_old = mean_sd(r["val_acc"] for r in sel(base_n, mode))[0]
+            pick = n if v_new > v_old else base_n
             lines.append(f"  - added after the grid, {n}: {100 * mm:.1f} % test "
-                         f"-> {'met' if mm >= target else 'missed'}")
+                         f"-> {'met' if mm >= target else 'missed'}; selection split "
+                         f"{100 * v_new:.1f} % vs {100 * v_old:.1f} % for {base_n}, so the "
+                         f"selection split keeps {pick} "
+                         f"({100 * summary[(pick, mode)][0]:.1f} % test)")
 
     total_s = sum(r["seconds"] for r in rows)
+    base_s = sum(r["seconds"] for r in rows if r["config"] not in EXTRA)
+    extra_s = (f", {(total_s - base_s) / 60:.1f} min for the runs added after it"
+               if total_s > base_s else "")
     extra_txt = ""
     if EXTRA:
         extra_txt = "\nAdded after the base grid (see the rows so marked): " + "; ".join(
@@ -216,8 +236,10 @@ Targets:
 {chr(10).join(lines)}
 
 "s / run" is the wall time of one `fit` call (frozen features are cached per image in
-`benchmarks/.cache`, so the first frozen run per mode pays the encoding). Sum of run times:
-{total_s / 60:.1f} min. The ResNet-18 references are the seed notebook's single runs.
+`benchmarks/.cache`, so the first frozen run per mode pays the encoding). The machine was
+shared with other jobs (load 2-8 on its 2 cores), so equal runs can differ up to about 1.5x
+in time. Sum of run times:
+{total_s / 60:.1f} min ({base_s / 60:.1f} min for the base grid{extra_s}). The ResNet-18 references are the seed notebook's single runs.
 Per-run rows: `results/{STEM}.csv`.
 """
     write_table(STEM, csv_rows, title="Hymenoptera: freeze vs fine-tune, colour and grey "
@@ -236,7 +258,7 @@ def plot(summary: dict, args) -> None:
     names = list(args.strategies)
     x = np.arange(len(names))
     width = 0.8 / len(args.modes)
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(names) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(names) + 3.5), 4.5))
     colours = {"colour": "tab:orange", "grey": "0.55"}
     for i, mode in enumerate(args.modes):
         off = (i - (len(args.modes) - 1) / 2) * width
@@ -251,12 +273,13 @@ def plot(summary: dict, args) -> None:
                        label="ResNet-18 reference" if i == 0 else None)
     for mode in args.modes:
         ax.axhline(100 * TARGETS[mode], color=colours.get(mode), ls=":", lw=1)
-    ax.set_xticks(x, [n.replace("+", "+\n") for n in names], fontsize=8)
+    ax.set_xticks(x, [n.replace("+", "+\n") + ("\n(added)" if n in EXTRA else "")
+                      for n in names], fontsize=8)
     ax.set_ylabel("accuracy on hymenoptera val (%)")
     lo = min(100 * v[0] for v in summary.values())
     ax.set_ylim(max(0, min(lo, 88) - 6), 100)
     ax.set_title(f"{BACKBONE}: mean ± sd over {len(args.seeds)} seeds (dotted: targets)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
     plt.close(fig)

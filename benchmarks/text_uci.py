@@ -66,8 +66,22 @@ CONFIGS: dict[str, list[tuple[str, dict]]] = {
     ],
 }
 
+# Added after the base runs, which missed the fine-tuning target: in 6 of the 9 base runs the
+# best validation epoch was the last one, i.e. the encoder was still improving on the
+# selection split when its 3 epochs ran out; so one more epoch (4, the top of the planned
+# 3-4 range).  Chosen from validation curves only; reported next to the base row.
+EXTRA = {"minilm+finetune-4ep"}
+CONFIGS["minilm+finetune-4ep"] = [
+    ("finetune 4 ep", dict(backbone="minilm", strategy="finetune", options={"head_epochs": 3},
+                           epochs=4, batch_size=32)),
+]
+_ORDER = ["minilm+linear", "minilm+freeze", "minilm+finetune", "minilm+finetune-4ep",
+          "wordllama+bilstm"]
+CONFIGS = {k: CONFIGS[k] for k in _ORDER}
+
 # average test accuracy over the three domains that each configuration should reach
-TARGETS = {"minilm+freeze": 0.88, "minilm+finetune": 0.92, "wordllama+bilstm": 0.80}
+TARGETS = {"minilm+freeze": 0.88, "minilm+finetune": 0.92, "minilm+finetune-4ep": 0.92,
+           "wordllama+bilstm": 0.80}
 REFERENCE = ("seed notebook: GloVe + BiLSTM (reference)", 0.774)
 
 
@@ -196,9 +210,10 @@ def report(rows: list[dict], args) -> None:
 
     md_rows = []
     summary = {}
+    val_avg: dict[str, float] = {}
     for c in args.configs:
         runs = [chosen[(d, s, c)] for d in args.domains for s in args.seeds]
-        row = {"config": c}
+        row = {"config": c + (" (added, see notes)" if c in EXTRA else "")}
         for d in args.domains:
             row[f"{d} test"] = fmt_pct(chosen[(d, s, c)]["test_acc"] for s in args.seeds)
         # per seed: the average over domains; then mean ± sd over seeds
@@ -206,6 +221,7 @@ def report(rows: list[dict], args) -> None:
                     for s in args.seeds]
         avg_val = [sum(chosen[(d, s, c)]["val_acc"] for d in args.domains) / len(args.domains)
                    for s in args.seeds]
+        val_avg[c] = mean_sd(avg_val)[0]
         row["avg test"] = fmt_pct(avg_test)
         row["avg val"] = fmt_pct(avg_val)
         heads = sorted({r["candidate"] for r in runs})
@@ -233,6 +249,24 @@ def report(rows: list[dict], args) -> None:
     md_rows.append(ref)
 
     total_s = sum(r["seconds"] for r in rows)
+    extra = ""
+    if any(c in EXTRA for c in args.configs):
+        extra = """
+Added after the base runs (marked "added"): `minilm+finetune-4ep`, the same fine-tuning with
+4 encoder epochs instead of 3. The base fine-tuning missed its target; in 6 of its 9 runs
+the best validation epoch was the last one (the encoder was still improving on the selection
+split), so one more epoch was the change tried. This was decided from validation curves only;
+both rows are reported.
+"""
+        for c in [c for c in args.configs if c in EXTRA]:
+            base_c = c.rsplit("-", 1)[0]
+            if base_c not in args.configs:
+                continue
+            v_new, v_old = val_avg[c], val_avg[base_c]
+            pick = c if v_new > v_old else base_c
+            extra += (f"Mean validation accuracy {100 * v_new:.1f} % ({c}) vs {100 * v_old:.1f} % "
+                      f"({base_c}): the selection split keeps {pick}, "
+                      f"{100 * summary[pick]['avg'][0]:.1f} % test.\n")
     notes = f"""
 Test accuracy (%, mean ± sd over seeds {', '.join(map(str, args.seeds))}) on a stratified 20 %
 test split of each domain (200 sentences); "avg" averages the domains within a seed first.
@@ -246,10 +280,11 @@ epochs of the whole encoder (top backbone_lr 5e-5, lower layers geometrically do
 head 10x), batch 32; wordllama+bilstm = 15 epochs, lr 2e-3, BiLSTM 128 units per direction,
 dropout 0.3. MiniLM = sentence-transformers all-MiniLM-L6-v2 (mean pooling); WordLlama =
 l2_supercat 256-d token vectors (frozen). torch threads: {args.threads}.
-
+{extra}
 "s / run" is the wall time of one `fit` call; MiniLM embeddings are cached per sentence
 (`benchmarks/.cache`), so the first frozen run on a domain pays the encoding and later ones
-read it back. Sum of run times: {total_s / 60:.1f} min. Per-run rows (both freeze head
+read it back. The machine was shared with other jobs (load 2-8 on its 2 cores), so equal
+runs can differ up to about 2x in time. Sum of run times: {total_s / 60:.1f} min. Per-run rows (both freeze head
 candidates included): `results/{STEM}.csv`.
 """
     write_table(STEM, csv_rows, title="UCI sentiment: MiniLM (linear / freeze / fine-tune) and "
@@ -269,7 +304,7 @@ def plot(summary: dict, args) -> None:
     groups = list(args.domains) + ["average"]
     width = 0.8 / len(groups)
     x = np.arange(len(configs))
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     for i, g in enumerate(groups):
         vals = [summary[c]["avg"] if g == "average" else summary[c]["domains"][g] for c in configs]
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, [100 * v[0] for v in vals], width,
@@ -282,7 +317,7 @@ def plot(summary: dict, args) -> None:
     lo = min(100 * summary[c]["avg"][0] for c in configs)
     ax.set_ylim(max(0, min(lo, 100 * REFERENCE[1]) - 10), 100)
     ax.set_title(f"UCI sentiment, test accuracy (mean ± sd over {len(args.seeds)} seeds)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
     plt.close(fig)
