@@ -82,6 +82,34 @@ def write_table(stem: str, rows: list[dict[str, Any]], *, title: str, notes: str
     return path
 
 
+def load_runs(path: Path) -> dict[str, dict]:
+    """Finished runs stored one JSON object a line in ``path``, by their ``key``."""
+    import json
+
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interrupted write
+                continue
+            done[row["key"]] = row
+    return done
+
+
+def store_run(path: Path, row: dict) -> None:
+    """Append one finished run to ``path`` (so an interrupted benchmark continues)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from common import CACHE, RESULTS, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
 
 STEM = "text_uci"
@@ -93,25 +94,11 @@ def run_key(domain: str, seed: int, settings: dict) -> str:
 
 
 def load_runs() -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if RUNS.exists():
-        for line in RUNS.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by an interrupted write
-                continue
-            done[row["key"]] = row
-    return done
+    return common.load_runs(RUNS)
 
 
 def store_run(row: dict) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RUNS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    common.store_run(RUNS, row)
 
 
 # --------------------------------------------------------------------------- one run
