@@ -18,7 +18,7 @@ from conftest import make_image_folder, make_text_csv
 
 STRATEGIES = [s.name for s in list_strategies()]
 BACKBONES = {"tiny-cnn": "image", "tiny-vit": "image", "tiny-bert": "text", "tiny-wordvec": "text"}
-STAGED = {"head_epochs": 1}
+STAGED = {"head_epochs": 1, "source_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,12 @@ def test_strategy_contract(strategy, backbone, datasets, tmp_path):
     data = datasets[BACKBONES[backbone]]
     kw = dict(backbone=backbone, strategy=strategy, out=tmp_path / "run", epochs=2, batch_size=8,
               seed=0, quiet=True, options=_options(strategy))
+    cls = type(get_strategy(strategy))
+    if cls.uses_target:
+        # domain adaptation: the same data stands in for the target (its labels unread)
+        kw.update(target=data, test=data, figures=False)  # the t-SNE figure: test_domain.py
+        if cls.needs_target_labels:
+            kw["target_labels"] = 2
     if not _applicable(strategy, backbone):
         # refused up front, with a message naming the strategy
         with pytest.raises(ConfigError, match=strategy):

@@ -104,13 +104,21 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         max_length: int | None = None, text_column: str | None = None,
         image_column: str | None = None, label_column: str | None = None,
         val_fraction: float = 0.15, test_fraction: float = 0.15, quiet: bool = False,
-        resume: bool = False, **train: Any) -> "TrainedModel":
+        resume: bool = False, target=None, target_labels: int = 0, figures: bool = True,
+        **train: Any) -> "TrainedModel":
     """Fit ``strategy`` on ``backbone`` to ``data`` and write the run folder ``out``.
 
     ``data``/``val``/``test`` are paths (image folders, CSV/TSV, text folders, ``.tar.gz``,
     ``.npz``) or :class:`~transferkit.data.Samples`.  ``train`` holds
     :class:`~transferkit.engine.config.TrainConfig` settings (``epochs``, ``lr``,
-    ``batch_size``, ``seed``, ``augment``, ``grayscale``, ...).
+    ``batch_size``, ``seed``, ``augment``, ``grayscale``, ``select``, ...).
+
+    Domain adaptation: ``data`` is the labelled source (its validation split is carved from
+    it); ``target`` is the target domain, whose labels, if it has any, are never used for
+    training or selection unless ``target_labels=N`` grants N per class; ``test`` is then the
+    target's labelled test split (figures under ``test`` in ``metrics.json``; its accuracy
+    after every epoch gives the oracle column, never a choice).  ``figures=False`` leaves out
+    the t-SNE picture of a domain run (the proxy A-distance is still measured).
     """
     from .backbones import backbone_modality, build_backbone
     from .bundle import save_bundle
@@ -143,8 +151,26 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         return _read(x, columns=columns)
 
     t0 = time.perf_counter()
-    splits = resolve_splits(as_splits(data), val=as_splits(val), test=as_splits(test),
-                            val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    domain = None
+    if target is not None:
+        splits = resolve_splits(as_splits(data), val=as_splits(val), test=None,
+                                val_fraction=val_fraction, test_fraction=0.0, seed=cfg.seed)
+        domain = _target_splits(target, test, splits["train"], target_labels, strat, cfg.seed,
+                                as_splits)
+        splits["test"] = domain["test"]
+        if domain["labelled"] is not None and not strat.needs_target_labels:
+            from .data import concat_samples
+
+            splits["train"] = concat_samples([splits["train"], domain["labelled"]])
+    else:
+        if target_labels:
+            raise ConfigError("--target-labels needs a target domain (--target)")
+        if getattr(strat, "uses_target", False):
+            raise ConfigError(f"strategy {strategy!r} adapts to a target domain: give the "
+                              "unlabelled target data (--target)")
+        splits = resolve_splits(as_splits(data), val=as_splits(val), test=as_splits(test),
+                                val_fraction=val_fraction, test_fraction=test_fraction,
+                                seed=cfg.seed)
     modality = splits["train"].modality
     bb_name = backbone or DEFAULT_BACKBONES[modality]
     if backbone_modality(bb_name) not in (modality, "any"):
@@ -156,6 +182,12 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
     classes = splits["train"].classes
     rep.log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
             + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if v is not None))
+    if domain is not None:
+        domain["target"] = _check_images({"t": domain["target"]}, cfg.skip_bad, rep.log)["t"]
+        rep.log(f"target: {domain['target'].source}: {len(domain['target'])} unlabelled"
+                + (f", {len(domain['labelled'])} labelled for training"
+                   if domain["labelled"] is not None else "")
+                + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
 
     run_dir = Path(out) if out else Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{strategy}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,9 +198,10 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         "cache_dir": cache_dir, "no_cache": no_cache, "weights": weights,
         "image_size": image_size, "max_length": max_length, **columns,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "train": cfg.to_dict(),
+        "target": _pathish(target), "target_labels": target_labels,
     }
     if all(isinstance(v, (str, type(None))) for v in (run_config["data"], run_config["val"],
-                                                        run_config["test"])):
+                                                        run_config["test"], run_config["target"])):
         write_json(run_dir / "run_config.json", run_config)
 
     _seed_everything(cfg.seed)
@@ -182,7 +215,12 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         trainer = Trainer(model, strat, cfg, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device)
         with _sigterm_as_interrupt():
-            result = trainer.fit(splits["train"], splits["val"], resume=resume)
+            if domain is None:
+                result = trainer.fit(splits["train"], splits["val"], resume=resume)
+            else:
+                result = trainer.fit(splits["train"], splits["val"], resume=resume,
+                                     target=domain["target"], target_test=domain["test"],
+                                     target_labelled=domain["labelled"])
         frozen = not any(n.startswith("backbone.") for n in result.touched) and \
             model.features_fn is None and model.head.kind != "bilstm" and \
             not getattr(strat, "needs_live_backbone", False)
@@ -192,6 +230,16 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
     timing = dict(result.timing)
     timing["total_s"] = time.perf_counter() - t0
     metrics = _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache)
+    if domain is not None:
+        from .report.domain import domain_report
+
+        metrics["selection"] = (f"label-free: {trainer.select} (see domain.selection); target "
+                                "labels never used for a choice; test = the target's test split")
+        metrics["domain"] = {"target": _pathish(target) if isinstance(_pathish(target), str)
+                             else domain["target"].source,
+                             "target_labels_per_class": target_labels,
+                             "selection": result.selection,
+                             **domain_report(trainer, run_dir, log=rep.log, figure=figures)}
     model.eval()
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched, grayscale=cfg.grayscale)
     _write_outputs(run_dir, metrics, val_m, test_m, result.history, classes)
@@ -202,6 +250,43 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         rep.log(f"test accuracy {test_m['accuracy']:.4f}, macro F1 {test_m['macro_f1']:.4f}")
     rep.log(f"bundle: {run_dir / 'bundle'}   report: {run_dir / 'report.html'}")
     return tm
+
+
+def _target_splits(target, test, source_train, n_labels: int, strat, seed: int, as_splits):
+    """The target domain's parts: unlabelled training data, granted labels, labelled test."""
+    from .data import concat_samples, k_shot
+
+    classes = source_train.classes
+    if isinstance(target, (str, os.PathLike)):
+        # labels are only read when some are granted: they cannot leak into training
+        parts = _read(target, labelled=bool(n_labels))
+    else:
+        parts = as_splits(target)
+    tgt = concat_samples([v for v in parts.values() if v is not None])
+    if tgt.modality != source_train.modality:
+        raise DataError(f"{tgt.source}: the target holds {tgt.modality} data but the source "
+                        f"holds {source_train.modality} data")
+    labelled = None
+    if n_labels:
+        if int(n_labels) < 0:
+            raise ConfigError(f"--target-labels must be >= 0, got {n_labels}")
+        if tgt.labels is None:
+            raise DataError(f"{tgt.source}: --target-labels {n_labels} needs a labelled target")
+        tgt = tgt.with_classes(classes)
+        labelled = k_shot(tgt, int(n_labels), seed)
+        chosen = set(labelled.origins)
+        tgt = tgt.subset([i for i, o in enumerate(tgt.origins) if o not in chosen])
+    elif strat.needs_target_labels:
+        raise ConfigError(f"strategy {strat.name!r} needs a few labelled target samples: "
+                          "pass --target-labels N (N per class)")
+    t_test = None
+    if test is not None:
+        tp = as_splits(test)
+        t_test = concat_samples([v for v in tp.values() if v is not None])
+        if t_test.labels is None:
+            raise DataError(f"{t_test.source}: the target test split needs labels")
+        t_test = t_test.with_classes(classes)
+    return {"target": tgt, "labelled": labelled, "test": t_test}
 
 
 def resume(run_dir: str | os.PathLike, *, quiet: bool = False) -> "TrainedModel":

@@ -48,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("data", nargs="?", help="image folder, CSV/TSV, text folder, .tar.gz or .npz")
     f.add_argument("--val", help="validation data (else carved from DATA, seeded, stratified)")
-    f.add_argument("--test", help="test data: scored at the end, never used for a choice")
+    f.add_argument("--test", help="test data: scored at the end, never used for a choice "
+                   "(with --target: the target domain's labelled test split)")
+    f.add_argument("--target", help="domain adaptation: the target domain's data (its labels, "
+                   "if any, are never read unless --target-labels grants some)")
+    f.add_argument("--target-labels", type=int, metavar="N",
+                   help="grant N labelled target samples per class for training "
+                   "(semi-supervised; TrAdaBoost needs them)")
+    f.add_argument("--select", choices=["auto", "source-val", "iwv", "dev", "entropy"],
+                   help="label-free criterion choosing the epoch of a domain-adaptation run "
+                   "(default auto = dev)")
     f.add_argument("--backbone", "-b", help="backbone name (default: efficientnet_lite0 for "
                    "images, minilm for text); see `transferkit list backbones`")
     f.add_argument("--strategy", "-s", default=None, help="strategy (default: freeze); see "
@@ -124,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "warmup_epochs",
               "weight_decay", "patience", "label_smoothing", "grayscale", "augment", "seed",
-              "skip_bad", "workers", "device")
+              "skip_bad", "workers", "device", "select")
 FIT_KEYS = ("val", "test", "backbone", "strategy", "image_size", "max_length", "weights",
             "text_column", "image_column", "label_column", "val_fraction", "test_fraction",
-            "cache_dir", "no_cache", "out")
+            "cache_dir", "no_cache", "out", "target", "target_labels")
 
 
 def _load_config(path: str) -> dict[str, Any]:

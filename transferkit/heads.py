@@ -82,6 +82,12 @@ class Head(nn.Module):
             raise ConfigError(f"unknown head {cfg.kind!r}")
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.fc(self.dropout(self.embed(feats)))
+
+    def embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The representation the final dense layer reads (before its dropout): the pooled
+        features for ``linear``, the hidden layer for ``mlp``, the pooled LSTM states for
+        ``bilstm``.  Domain-adaptation losses act on it."""
         if self.kind == "bilstm":
             tokens, mask = feats["tokens"], feats["mask"].bool()
             lengths = mask.sum(1).clamp_min(1).cpu()
@@ -94,14 +100,17 @@ class Head(nn.Module):
             mean = masked_mean(out, m)
             mx = out.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
             mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-            x = torch.cat([mean, mx], dim=1)
-            return self.fc(self.dropout(x))
+            return torch.cat([mean, mx], dim=1)
         x = feats.get("pooled")
         if x is None:
             x = masked_mean(feats["tokens"], feats["mask"])
         if self.kind == "mlp":
             x = self.act(self.hidden(self.dropout(x)))
-        return self.fc(self.dropout(x))
+        return x
+
+    @property
+    def embed_dim(self) -> int:
+        return self.fc.in_features
 
 
 class TransferModel(nn.Module):

@@ -42,6 +42,9 @@ class Backbone(nn.Module):
     preprocess: dict[str, Any] | None = None
     #: longest token sequence fed to a text encoder
     max_length: int = 128
+    #: whether the weights were learnt elsewhere; a backbone that is not (``digits-cnn``)
+    #: must be trained, and its features change as it trains (no feature cache)
+    pretrained: bool = True
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -106,7 +109,7 @@ def register_backbone(name: str, *, modality: str, description: str, offline: bo
 
 def _ensure_builtins() -> None:
     # Importing the modules registers their backbones.
-    from . import image, text, wordvec  # noqa: F401
+    from . import digits, image, text, wordvec  # noqa: F401
 
 
 def list_backbones(include_test: bool = False) -> list[_Entry]:

@@ -10,6 +10,8 @@ from ..errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "constant", "linear")
+#: the label-free criterion used when adapting to a target domain (see engine/domain.py)
+DEFAULT_DOMAIN_SELECTION = "dev"
 
 
 @dataclass
@@ -32,6 +34,10 @@ class TrainConfig:
     skip_bad: bool = False
     workers: int | None = None
     device: str = "cpu"
+    #: how the epoch to keep is chosen when adapting to an unlabelled target domain:
+    #: "auto" (= DEFAULT_DOMAIN_SELECTION), "source-val", "iwv", "dev" or "entropy"; runs
+    #: without a target always choose on source validation accuracy
+    select: str = "auto"
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -50,7 +56,17 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.device not in ("cpu", "cuda", "auto", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}")
+        from .domain import CRITERIA
+
+        if self.select not in ("auto",) + CRITERIA:
+            raise ConfigError(f"unknown selection criterion {self.select!r}; choose auto, "
+                              + ", ".join(CRITERIA))
         return self
+
+    def selection(self, has_target: bool) -> str:
+        if not has_target:
+            return "source-val"
+        return DEFAULT_DOMAIN_SELECTION if self.select == "auto" else self.select
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -49,6 +49,11 @@ class Stage:
     #: whether an epoch of this stage may be chosen as the best one (False for stages that
     #: do not train the classifier, such as unsupervised pre-tuning)
     selectable: bool = True
+    #: draw an unlabelled target batch beside every source batch and add the strategy's
+    #: ``domain_terms`` (domain adaptation)
+    domain: bool = False
+    #: weight each source sample's loss by the strategy's ``instance_weights``
+    weighted: bool = False
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.params]
@@ -106,6 +111,10 @@ class Strategy:
     closed_form: ClassVar[bool] = False
     #: head kind used when the user leaves the head on ``auto``
     default_head: ClassVar[str | None] = None
+    #: adapts to a target domain: needs unlabelled target data (``--target``)
+    uses_target: ClassVar[bool] = False
+    #: needs a few labelled target samples too (``--target-labels N``)
+    needs_target_labels: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = self.options_cls.parse(self.name, options)
@@ -140,8 +149,27 @@ class Strategy:
         return {}
 
     def fit_closed_form(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                        x_val: torch.Tensor, y_val: torch.Tensor, seed: int) -> dict[str, Any]:
+                        x_val: torch.Tensor, y_val: torch.Tensor, seed: int,
+                        **target: torch.Tensor) -> dict[str, Any]:
+        """Fit the head on cached features.  Strategies that use a target domain also get
+        ``x_target`` (and ``x_target_labelled`` / ``y_target_labelled`` when granted).  The
+        returned dict may hold ``candidates``: ``[(label, apply(model))]`` settings among
+        which the engine chooses with its selection criterion."""
         raise NotImplementedError  # pragma: no cover
+
+    def domain_terms(self, model: nn.Module, source: dict[str, torch.Tensor],
+                     target: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
+        """Loss terms of a stage with ``domain=True``.  ``source`` holds ``embed`` (what the
+        classifier's last layer reads), ``logits`` and ``labels``; ``target`` holds ``embed``
+        and ``logits``; ``progress`` runs from 0 to 1 over the stage."""
+        return {}
+
+    def instance_weights(self, x_source: torch.Tensor, x_target: torch.Tensor, seed: int):
+        """Per-source-sample loss weights for a stage with ``weighted=True``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def stage_done(self, trainer, stage: Stage) -> None:
+        """Called after each SGD stage (e.g. to take a snapshot of the representation)."""
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""

@@ -1,0 +1,173 @@
+"""The target domain inside the engine: data, label-free scores, selection.
+
+Without target labels, the epoch (or closed-form setting) to keep must be chosen by a
+criterion that needs none.  After every epoch the trainer scores:
+
+* ``val_accuracy``            source validation accuracy (``source-val``);
+* ``iw_val_accuracy``         source validation accuracy weighted by the density ratio
+                              p_target / p_source of each validation sample (``iwv``,
+                              Sugiyama et al. 2007), the ratio estimated by a domain classifier
+                              on the representation the classifier reads;
+* ``dev_risk``                Deep Embedded Validation (You et al. 2019): the importance-
+                              weighted validation loss with a control variate (``dev``, lower
+                              is better);
+* ``target_entropy``          mean prediction entropy on the unlabelled target (``entropy``,
+                              lower is better);
+* ``oracle_target_accuracy``  accuracy on the labelled target test split, when there is one:
+                              recorded for the oracle column, never used for a choice.
+
+Scores use at most :data:`MAX_SCORE_SAMPLES` target samples (a fixed seeded subset).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+#: label-free selection criteria, and what each compares (higher key = better)
+CRITERIA = ("source-val", "iwv", "dev", "entropy")
+MAX_SCORE_SAMPLES = 1000
+
+
+def _unlabelled(samples):
+    from ..data import Samples
+
+    return Samples(samples.modality, samples.items, None, samples.classes, samples.origins,
+                   samples.source)
+
+
+@dataclass
+class DomainData:
+    target: Any                  # unlabelled target samples used in training
+    scoring: Any                 # the (sub)set of target samples the label-free scores use
+    test: Any | None             # labelled target samples for the oracle column
+    labelled: Any | None         # target labels granted for training
+
+    @classmethod
+    def build(cls, target, test=None, labelled=None, *, seed: int = 0) -> "DomainData":
+        if target is None or len(target) < 2:
+            raise ConfigError("the target domain needs at least 2 samples")
+        target = _unlabelled(target)
+        scoring = target
+        if len(target) > MAX_SCORE_SAMPLES:
+            rng = np.random.default_rng(seed)
+            scoring = target.subset(sorted(rng.choice(len(target), MAX_SCORE_SAMPLES,
+                                                      replace=False).tolist()))
+        if test is not None and test.labels is None:
+            test = None
+        return cls(target, scoring, test, labelled)
+
+    # ---------------------------------------------------------------- scores
+    def scores(self, trainer, val, *, use_cache: bool) -> dict[str, float | None]:
+        from ..domain import domain_classifier_weights
+        from ..select import dev_risk, importance_weighted_accuracy, mean_entropy
+
+        z_v, lg_v = outputs(trainer, val, "val", use_cache)
+        z_t, lg_t = outputs(trainer, self.scoring, "target_scoring", use_cache)
+        y_v = np.asarray(val.labels)
+        p_v = _softmax(lg_v)
+        loss_v = -np.log(np.clip(p_v[np.arange(len(y_v)), y_v], 1e-12, 1.0))
+        correct = (lg_v.argmax(1) == y_v).astype(np.float64)
+        out: dict[str, float | None] = {"target_entropy": mean_entropy(_softmax(lg_t))}
+        try:
+            w = domain_classifier_weights(z_v, z_t, seed=trainer.cfg.seed)
+            out["iw_val_accuracy"] = importance_weighted_accuracy(correct, w)
+            out["dev_risk"] = dev_risk(z_v, loss_v, z_t, weights=w)
+        except (ValueError, ConfigError):  # e.g. a one-class validation fold
+            out["iw_val_accuracy"] = float(correct.mean())
+            out["dev_risk"] = float(loss_v.mean())
+        out["oracle_target_accuracy"] = None
+        if self.test is not None:
+            _, lg = outputs(trainer, self.test, "target_test", use_cache)
+            out["oracle_target_accuracy"] = float((lg.argmax(1) == self.test.labels).mean())
+        return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+@torch.inference_mode()
+def outputs(trainer, samples, name: str, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(representation, logits)`` of every sample in ``samples`` under the current model.
+    The representation is what the classifier's last layer reads (``Head.embed``)."""
+    model = trainer.model
+    model.eval()
+    head = model.head
+    zs, lgs = [], []
+    if use_cache:
+        feats = trainer.split_features(name, samples)
+        for i in range(0, len(feats), 1024):
+            z = head.embed({"pooled": feats[i:i + 1024].to(trainer.device)})
+            zs.append(z.float().cpu())
+            lgs.append(head.fc(z).float().cpu())
+        return torch.cat(zs).numpy(), torch.cat(lgs).numpy()
+    n = len(samples)
+    z_all = lg_all = None
+    for b in trainer.pipeline.batches(samples, batch_size=trainer.cfg.eval_batch_size):
+        z = head.embed(model.features(b.inputs)).float().cpu()
+        lg = head.fc(z.to(trainer.device)).float().cpu()
+        if z_all is None:
+            z_all = np.zeros((n, z.shape[1]), dtype=np.float32)
+            lg_all = np.zeros((n, lg.shape[1]), dtype=np.float32)
+        z_all[b.indices.numpy()] = z.numpy()
+        lg_all[b.indices.numpy()] = lg.numpy()
+    return z_all, lg_all
+
+
+# -------------------------------------------------------------------- selection
+
+def selection_key(criterion: str, rec: dict[str, Any]) -> tuple[float, float]:
+    """The key by which an epoch competes under ``criterion`` (higher is better)."""
+    if criterion == "source-val":
+        return (rec["val_accuracy"], -rec["val_loss"])
+    if criterion == "iwv":
+        return (rec["iw_val_accuracy"], -rec["val_loss"])
+    if criterion == "dev":
+        return (-rec["dev_risk"], rec["val_accuracy"])
+    if criterion == "entropy":
+        return (-rec["target_entropy"], rec["val_accuracy"])
+    raise ConfigError(f"unknown selection criterion {criterion!r}; choose {', '.join(CRITERIA)}")
+
+
+def _eligible(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [h for h in history if h.get("setting") is not None]
+    return rows or [h for h in history if h.get("selectable", True)]
+
+
+def summarize_selection(history: list[dict[str, Any]], criterion: str,
+                        chosen_epoch: int | None) -> dict[str, Any]:
+    """What every label-free criterion would have chosen, and the oracle choice (the epoch
+    with the best target test accuracy), with the target accuracy of each choice."""
+    rows = _eligible(history)
+    by_epoch = {h["epoch"]: h for h in history}
+    out: dict[str, Any] = {"criterion": criterion, "chosen_epoch": chosen_epoch,
+                           "label_free": {}, "oracle": None}
+
+    def acc(e):
+        return by_epoch[e].get("oracle_target_accuracy") if e in by_epoch else None
+
+    out["chosen_target_accuracy"] = acc(chosen_epoch)
+    for c in CRITERIA:
+        try:
+            keyed = [(selection_key(c, h), -h["epoch"], h["epoch"]) for h in rows]
+        except (KeyError, TypeError):
+            continue
+        keyed = [k for k in keyed if all(math.isfinite(v) for v in k[0])]
+        if keyed:
+            e = max(keyed)[2]
+            out["label_free"][c] = {"epoch": e, "target_accuracy": acc(e)}
+    oracle = [(h["oracle_target_accuracy"], -h["epoch"], h["epoch"]) for h in rows
+              if h.get("oracle_target_accuracy") is not None]
+    if oracle:
+        best = max(oracle)
+        out["oracle"] = {"epoch": best[2], "target_accuracy": best[0]}
+    return out

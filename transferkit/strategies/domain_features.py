@@ -1,0 +1,299 @@
+"""Domain adaptation on frozen features, and instance transfer.
+
+* ``tca``             Transfer Component Analysis (Pan et al. 2011), linear kernel: a
+                      projection in which the domains' means agree while the variance is kept;
+                      logistic regression on the projected source.  Projection and classifier
+                      fold into one dense layer, so the bundle holds an ordinary linear head.
+* ``coral-features``  CORAL (Sun et al. 2016): whiten the source features and recolour them
+                      with the target covariance; logistic regression on the recoloured source,
+                      applied to raw target features.
+* ``importance``      instance weighting: each source sample's loss is weighted by the density
+                      ratio p_target / p_source, from a domain classifier (Bickel et al. 2007)
+                      or by kernel mean matching (``method=kmm``, Huang et al. 2007).
+* ``tradaboost``      TrAdaBoost (Dai et al. 2007) with logistic-regression learners: source
+                      samples that the learners keep getting wrong lose weight, labelled target
+                      samples gain it; needs ``--target-labels N``.  The learners of the second
+                      half of the rounds are combined by averaging their decision functions
+                      weighted by their boosting weights (a soft vote), which is again one
+                      dense layer.
+
+On a backbone that is not pretrained (``digits-cnn``) a ``source`` stage first trains it on
+the source alone; its features are then frozen.  The closed-form strategies offer a small
+grid of settings, among which the engine chooses with its label-free criterion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
+from .domain import DeepOptions, source_stage
+
+
+def _pre_stages(opts, model, train) -> list[Stage]:
+    if getattr(model.backbone, "pretrained", True):
+        return []
+    st = source_stage("source", opts.source_epochs, opts, model, train)
+    st.selectable = False
+    return [st]
+
+
+def _standardiser(*xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate(xs)
+    return x.mean(0), x.std(0) + 1e-6
+
+
+def _logreg(z: np.ndarray, y: np.ndarray, C: float, n_classes: int, seed: int,
+            sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fit a multinomial logistic regression; return ``(coef (K, d), bias (K,))`` over all
+    ``n_classes`` (a class absent from ``y`` gets a bias of -1e4)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    clf.fit(z, y, sample_weight=sample_weight)
+    coef = np.zeros((n_classes, z.shape[1]))
+    bias = np.full(n_classes, -1e4)
+    if clf.coef_.shape[0] == 1:
+        i0, i1 = clf.classes_
+        coef[i0], coef[i1] = -clf.coef_[0] / 2, clf.coef_[0] / 2
+        bias[i0], bias[i1] = -clf.intercept_[0] / 2, clf.intercept_[0] / 2
+    else:
+        coef[clf.classes_] = clf.coef_
+        bias[clf.classes_] = clf.intercept_
+    return coef, bias
+
+
+def _setter(weight: np.ndarray, bias: np.ndarray):
+    def apply(model) -> None:
+        fc = model.head.fc
+        with torch.no_grad():
+            fc.weight.copy_(torch.from_numpy(weight).to(fc.weight.dtype))
+            fc.bias.copy_(torch.from_numpy(bias).to(fc.bias.dtype))
+    return apply
+
+
+def _need_linear(name: str, model) -> None:
+    if model.head.kind != "linear":
+        raise ConfigError(f"{name}: needs a linear head (head kind 'linear')")
+
+
+@dataclass
+class FeatureOptions(Options):
+    #: epochs of source training for a backbone that is not pretrained
+    source_epochs: int = 10
+    head_lr: float = 1e-3
+    backbone_lr: float | None = None
+    tune_backbone: bool | None = None
+    #: inverse regularisation of the logistic regression; None = the grid 0.01, 0.1, 1
+    C: float | None = None
+
+
+class _Features(Strategy):
+    closed_form = True
+    uses_target = True
+    default_head = "linear"
+
+    def validate(self) -> None:
+        self.require_positive("C", "head_lr", "backbone_lr")
+        if self.options.source_epochs < 0:
+            raise ConfigError(f"{self.name}: source_epochs must be >= 0")
+
+    def check_backbone(self, backbone) -> None:
+        if backbone.output != "pooled":
+            raise ConfigError(f"{self.name}: needs a backbone with pooled features; "
+                              f"{backbone.name!r} gives token vectors only")
+
+    def stages(self, model, train):
+        return _pre_stages(self.options, model, train) + [Stage("fit", 0, [], frozen_backbone=True)]
+
+    def stage_done(self, trainer, stage) -> None:
+        if stage.name == "source":
+            trainer.snapshot("before")
+
+    def _Cs(self) -> list[float]:
+        return [self.options.C] if self.options.C is not None else [0.01, 0.1, 1.0]
+
+
+@dataclass
+class TcaOptions(FeatureOptions):
+    dim: int = 32
+    #: trade-off of TCA; None = the grid 0.1, 1, 10
+    mu: float | None = None
+
+
+@register_strategy
+class Tca(_Features):
+    name = "tca"
+    description = ("Transfer Component Analysis (linear kernel) on frozen features, then "
+                   "logistic regression; folded into one dense layer")
+    options_cls = TcaOptions
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("dim", "mu")
+
+    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target, **_):
+        from ..domain import tca_fit
+
+        _need_linear(self.name, model)
+        xs, xt = x_train.double().numpy(), x_target.double().numpy()
+        mu0, sd = _standardiser(xs, xt)
+        zs, zt = (xs - mu0) / sd, (xt - mu0) / sd
+        dim = min(self.options.dim, zs.shape[1])
+        mus = [self.options.mu] if self.options.mu is not None else [0.1, 1.0, 10.0]
+        cands = []
+        for mu in mus:
+            t = tca_fit(zs, zt, dim=dim, mu=mu)
+            W, mean = t.W_, t.mean_
+            ps = (zs - mean) @ W
+            pm, psd = ps.mean(0), ps.std(0) + 1e-6
+            for C in self._Cs():
+                coef, bias = _logreg((ps - pm) / psd, y_train.numpy(), C, len(model.classes), seed)
+                # logits = coef . ((((x - mu0)/sd - mean) @ W - pm) / psd) + bias
+                A = (W / psd) @ coef.T                    # (d, K) acting on (x - mu0)/sd
+                weight = (A / sd[:, None]).T              # (K, d) acting on x
+                b = bias - coef @ (pm / psd) - (mean @ A) - (mu0 / sd) @ A
+                cands.append((f"mu={mu:g} C={C:g}", _setter(weight, b)))
+        return {"dim": dim, "mu_grid": mus, "C_grid": self._Cs(), "candidates": cands}
+
+
+@dataclass
+class CoralFeatureOptions(FeatureOptions):
+    #: the identity added to both covariances (CORAL's regulariser)
+    eps: float = 1.0
+
+
+@register_strategy
+class CoralFeatures(_Features):
+    name = "coral-features"
+    description = ("CORAL on frozen features: whiten the source, recolour it with the target "
+                   "covariance, logistic regression on the result")
+    options_cls = CoralFeatureOptions
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("eps")
+
+    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target, **_):
+        from ..domain import coral_transform
+
+        _need_linear(self.name, model)
+        xs, xt = x_train.double().numpy(), x_target.double().numpy()
+        # standardise each feature with the target's statistics (the classifier meets target
+        # features), then recolour the source
+        mu0, sd = _standardiser(xt)
+        zs, zt = (xs - mu0) / sd, (xt - mu0) / sd
+        zs_c = coral_transform(zs, zt, eps=self.options.eps)
+        cands = []
+        for C in self._Cs():
+            coef, bias = _logreg(zs_c, y_train.numpy(), C, len(model.classes), seed)
+            weight = coef / sd
+            b = bias - coef @ (mu0 / sd)
+            cands.append((f"C={C:g}", _setter(weight, b)))
+        return {"eps": self.options.eps, "C_grid": self._Cs(), "candidates": cands}
+
+
+@dataclass
+class ImportanceOptions(DeepOptions):
+    #: "classifier" (density ratio from a logistic-regression domain classifier) or "kmm"
+    method: str = "classifier"
+    source_epochs: int = 10
+    #: epochs of the weighted head training are --epochs
+
+
+@register_strategy
+class Importance(Strategy):
+    name = "importance"
+    description = ("instance weighting: source losses weighted by the density ratio "
+                   "p_target/p_source (domain classifier, or kernel mean matching)")
+    options_cls = ImportanceOptions
+    uses_target = True
+
+    def validate(self) -> None:
+        if self.options.method not in ("classifier", "kmm"):
+            raise ConfigError(f"importance: method must be 'classifier' or 'kmm', "
+                              f"got {self.options.method!r}")
+        self.require_positive("head_lr", "backbone_lr")
+
+    def check_backbone(self, backbone) -> None:
+        if backbone.output != "pooled":
+            raise ConfigError(f"importance: needs a backbone with pooled features; "
+                              f"{backbone.name!r} gives token vectors only")
+
+    def stages(self, model, train):
+        o = self.options
+        st = Stage("weighted", train.epochs, [ParamGroup("head", head_params(model), o.head_lr)],
+                   frozen_backbone=True, weighted=True)
+        return _pre_stages(o, model, train) + [st]
+
+    def stage_done(self, trainer, stage) -> None:
+        if stage.name == "source":
+            trainer.snapshot("before")
+
+    def instance_weights(self, x_source, x_target, seed):
+        from ..domain import domain_classifier_weights, kmm_weights
+
+        xs, xt = x_source.double().numpy(), x_target.double().numpy()
+        mu0, sd = _standardiser(xs, xt)
+        xs, xt = (xs - mu0) / sd, (xt - mu0) / sd
+        if self.options.method == "kmm":
+            return kmm_weights(xs, xt)
+        return domain_classifier_weights(xs, xt, seed=seed)
+
+
+@dataclass
+class TrAdaBoostOptions(FeatureOptions):
+    rounds: int = 20
+
+
+@register_strategy
+class TrAdaBoost(_Features):
+    name = "tradaboost"
+    description = ("TrAdaBoost with logistic-regression learners on frozen features; "
+                   "needs a few target labels (--target-labels N)")
+    options_cls = TrAdaBoostOptions
+    needs_target_labels = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.options.rounds < 2:
+            raise ConfigError(f"tradaboost: rounds must be >= 2, got {self.options.rounds}")
+
+    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target,
+                        x_target_labelled=None, y_target_labelled=None, **_):
+        from ..domain import tradaboost_beta, tradaboost_update
+
+        _need_linear(self.name, model)
+        if x_target_labelled is None or len(x_target_labelled) == 0:
+            raise ConfigError("tradaboost: needs labelled target samples: pass --target-labels N")
+        xs, xl = x_train.double().numpy(), x_target_labelled.double().numpy()
+        ys, yl = y_train.numpy(), y_target_labelled.numpy()
+        mu0, sd = _standardiser(xs, x_target.double().numpy())
+        zs, zl = (xs - mu0) / sd, (xl - mu0) / sd
+        K = len(model.classes)
+        n, m = len(zs), len(zl)
+        N = self.options.rounds
+        beta_src = tradaboost_beta(n, N)
+        cands = []
+        for C in self._Cs():
+            w = np.ones(n + m) / (n + m)
+            z, y = np.concatenate([zs, zl]), np.concatenate([ys, yl])
+            learners = []
+            for _t in range(N):
+                coef, bias = _logreg(z, y, C, K, seed, sample_weight=w * (n + m))
+                miss = ((z @ coef.T + bias).argmax(1) != y).astype(np.float64)
+                w_s, w_t, alpha = tradaboost_update(w[:n], w[n:], miss[:n], miss[n:], beta_src, K=K)
+                w = np.concatenate([w_s, w_t])
+                learners.append((alpha, coef, bias))
+            half = learners[N // 2:]
+            a = np.array([al for al, _, _ in half])
+            a = a / a.sum()
+            coef = sum(ai * c for ai, (_, c, _) in zip(a, half))
+            bias = sum(ai * b for ai, (_, _, b) in zip(a, half))
+            cands.append((f"C={C:g}", _setter(coef / sd, bias - coef @ (mu0 / sd))))
+        return {"rounds": N, "beta_source": beta_src, "C_grid": self._Cs(),
+                "labelled_target": int(m), "candidates": cands}
