@@ -202,3 +202,38 @@ def test_digits_cnn_shapes_and_weights_from_a_bundle(domains, tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(BackboneError, match="cannot read digits-cnn weights"):
         build_backbone("digits-cnn", weights=str(bad))
+
+
+# ------------------------------------------------------------------ domains as a column
+
+def _domain_csv(path):
+    from conftest import make_text_rows
+
+    rows = [(t, l, "shop") for t, l in make_text_rows(12, seed=0)]
+    rows += [(t + " here", l, "cafe") for t, l in make_text_rows(12, seed=1)]
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "domain"])
+        w.writerows(rows)
+    return path
+
+
+def test_domains_from_one_table(tmp_path):
+    from transferkit.data import read_domains
+
+    csv_path = _domain_csv(tmp_path / "reviews.csv")
+    parts = read_domains(csv_path, "domain")
+    assert sorted(parts) == ["cafe", "shop"] and len(parts["cafe"]) == 24
+    assert parts["cafe"].classes == parts["shop"].classes
+    tm = transferkit.fit(csv_path, domain_column="domain", target="cafe", backbone="tiny-bert",
+                         strategy="coral", epochs=1, options={"source_epochs": 1}, quiet=True,
+                         out=tmp_path / "run", figures=False, batch_size=8)
+    # source = the other domain (train + carved val), test = a carved part of the target
+    assert tm.metrics["test"]["n"] < 24
+    with pytest.raises(DataError, match="no row has domain = 'bar'"):
+        transferkit.fit(csv_path, domain_column="domain", target="bar", backbone="tiny-bert",
+                        strategy="coral", quiet=True, out=tmp_path / "r2")
+    with pytest.raises(DataError, match="no such column|'region'"):
+        read_domains(csv_path, "region")

@@ -105,7 +105,7 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         image_column: str | None = None, label_column: str | None = None,
         val_fraction: float = 0.15, test_fraction: float = 0.15, quiet: bool = False,
         resume: bool = False, target=None, target_labels: int = 0, figures: bool = True,
-        **train: Any) -> "TrainedModel":
+        domain_column: str | None = None, **train: Any) -> "TrainedModel":
     """Fit ``strategy`` on ``backbone`` to ``data`` and write the run folder ``out``.
 
     ``data``/``val``/``test`` are paths (image folders, CSV/TSV, text folders, ``.tar.gz``,
@@ -119,6 +119,11 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
     target's labelled test split (figures under ``test`` in ``metrics.json``; its accuracy
     after every epoch gives the oracle column, never a choice).  ``figures=False`` leaves out
     the t-SNE picture of a domain run (the proxy A-distance is still measured).
+
+    Domains in one table: with ``domain_column``, ``data`` is one CSV/TSV, ``target`` names
+    the target domain (a value of that column) and every other row is the source; without an
+    explicit ``test``, a stratified ``test_fraction`` of the target rows is the labelled
+    target test split and the rest is the unlabelled target.
     """
     from .backbones import backbone_modality, build_backbone
     from .bundle import save_bundle
@@ -152,6 +157,10 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
 
     t0 = time.perf_counter()
     domain = None
+    given = {"data": data, "target": target, "test": test}  # as the user named them
+    if domain_column is not None:
+        data, target, test = _split_domains(data, domain_column, target, test, columns,
+                                            test_fraction, cfg.seed)
     if target is not None:
         splits = resolve_splits(as_splits(data), val=as_splits(val), test=None,
                                 val_fraction=val_fraction, test_fraction=0.0, seed=cfg.seed)
@@ -193,12 +202,13 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
     run_dir.mkdir(parents=True, exist_ok=True)
     rep.log(f"run folder: {run_dir}")
     run_config = {
-        "data": _pathish(data), "val": _pathish(val), "test": _pathish(test),
+        "data": _pathish(given["data"]), "val": _pathish(val), "test": _pathish(given["test"]),
         "backbone": backbone, "strategy": strategy, "options": options or {}, "head": head or {},
         "cache_dir": cache_dir, "no_cache": no_cache, "weights": weights,
         "image_size": image_size, "max_length": max_length, **columns,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "train": cfg.to_dict(),
-        "target": _pathish(target), "target_labels": target_labels,
+        "target": _pathish(given["target"]), "target_labels": target_labels,
+        "domain_column": domain_column,
     }
     if all(isinstance(v, (str, type(None))) for v in (run_config["data"], run_config["val"],
                                                         run_config["test"], run_config["target"])):
@@ -235,8 +245,8 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
 
         metrics["selection"] = (f"label-free: {trainer.select} (see domain.selection); target "
                                 "labels never used for a choice; test = the target's test split")
-        metrics["domain"] = {"target": _pathish(target) if isinstance(_pathish(target), str)
-                             else domain["target"].source,
+        metrics["domain"] = {"target": _pathish(given["target"]) if isinstance(
+                                 _pathish(given["target"]), str) else domain["target"].source,
                              "target_labels_per_class": target_labels,
                              "selection": result.selection,
                              **domain_report(trainer, run_dir, log=rep.log, figure=figures)}
@@ -250,6 +260,30 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
         rep.log(f"test accuracy {test_m['accuracy']:.4f}, macro F1 {test_m['macro_f1']:.4f}")
     rep.log(f"bundle: {run_dir / 'bundle'}   report: {run_dir / 'report.html'}")
     return tm
+
+
+def _split_domains(data, column: str, target, test, columns, test_fraction: float, seed: int):
+    """``(source, target, target_test)`` samples from one table with a domain column."""
+    from .data import concat_samples, read_domains, stratified_split
+
+    if not isinstance(data, (str, os.PathLike)):
+        raise ConfigError("domain_column needs DATA to be a CSV/TSV path")
+    if not target:
+        raise ConfigError(f"--domain-column {column}: name the target domain with --target VALUE")
+    parts = read_domains(data, column, **columns)
+    target = str(target)
+    if target not in parts:
+        raise DataError(f"{data}: no row has {column} = {target!r} (domains: "
+                        f"{', '.join(sorted(parts))})")
+    others = [v for k, v in parts.items() if k != target]
+    if not others:
+        raise DataError(f"{data}: every row is in domain {target!r}; no source rows are left")
+    source = concat_samples(others)
+    tgt = parts[target]
+    if test is None and tgt.labels is not None and test_fraction > 0:
+        cut = stratified_split(tgt, {"target": 1 - test_fraction, "test": test_fraction}, seed)
+        tgt, test = cut["target"], cut["test"]
+    return source, tgt, test
 
 
 def _target_splits(target, test, source_train, n_labels: int, strat, seed: int, as_splits):

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(with --target: the target domain's labelled test split)")
     f.add_argument("--target", help="domain adaptation: the target domain's data (its labels, "
                    "if any, are never read unless --target-labels grants some)")
+    f.add_argument("--domain-column", metavar="COL",
+                   help="DATA is one table whose column COL names each row's domain; --target "
+                   "then names the target domain, every other row is the source")
     f.add_argument("--target-labels", type=int, metavar="N",
                    help="grant N labelled target samples per class for training "
                    "(semi-supervised; TrAdaBoost needs them)")
@@ -136,7 +139,7 @@ TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "warmup_epo
               "skip_bad", "workers", "device", "select")
 FIT_KEYS = ("val", "test", "backbone", "strategy", "image_size", "max_length", "weights",
             "text_column", "image_column", "label_column", "val_fraction", "test_fraction",
-            "cache_dir", "no_cache", "out", "target", "target_labels")
+            "cache_dir", "no_cache", "out", "target", "target_labels", "domain_column")
 
 
 def _load_config(path: str) -> dict[str, Any]:

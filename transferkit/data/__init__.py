@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from .images import check_image, open_image, scan_images
-from .readers import IMAGE_EXTENSIONS, read_data
+from .readers import IMAGE_EXTENSIONS, read_data, read_domains
 from .samples import Samples, sort_classes
 from .splits import concat_samples, k_shot, resolve_splits, stratified_split
 
@@ -40,6 +40,7 @@ __all__ = [
     "make_loader",
     "open_image",
     "read_data",
+    "read_domains",
     "resolve_splits",
     "scan_images",
     "sort_classes",

@@ -649,4 +649,39 @@ def _read_table(path: str, *, text_column: str | None, image_column: str | None,
     return Samples(modality, items, labels, classes, origins, path)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "read_data"]
+def read_domains(path: str | os.PathLike, domain_column: str, *, text_column: str | None = None,
+                 image_column: str | None = None, label_column: str | None = None,
+                 labelled: bool = True) -> dict[str, Samples]:
+    """Read one CSV/TSV whose column ``domain_column`` names each row's domain; return the
+    samples of every domain (one class list for all, so labels agree across domains).
+
+    Raises:
+        DataError: not a table, no such column, or an empty domain value (naming the line).
+    """
+    path = os.fspath(path)
+    if _extension(path) not in (".csv", ".tsv", ".txt"):
+        raise DataError(f"{path}: --domain-column needs a CSV/TSV table")
+    text = _decode_table(_read_bytes(path, path), path)
+    delimiter = _choose_delimiter(text, _TABLE_DELIMITERS) if _extension(path) == ".csv" else "\t"
+    rows = _table_rows(text, delimiter, path)
+    named = {n.strip().lower() for n in (text_column, image_column, label_column, domain_column) if n}
+    if not rows or not _has_header(rows, named):
+        raise DataError(f"{path}: --domain-column needs a header row naming the columns")
+    names = [field.strip() for field in rows[0][1]]
+    index = _column_index(names, domain_column, path, None)
+    by_line: dict[int, str] = {}
+    for number, fields in rows[1:]:
+        value = fields[index].strip() if index < len(fields) else ""
+        if not value:
+            raise DataError(f"{path}: line {number}: empty domain ({domain_column!r})")
+        by_line[number] = value
+    samples = _read_table(path, text_column=text_column, image_column=image_column,
+                          label_column=label_column, labelled=labelled)
+    lines = [int(origin.split(": line ", 1)[1].split(":", 1)[0]) for origin in samples.origins]
+    out: dict[str, Samples] = {}
+    for name in sorted(set(by_line.values())):
+        out[name] = samples.subset([i for i, n in enumerate(lines) if by_line[n] == name])
+    return out
+
+
+__all__ = ["IMAGE_EXTENSIONS", "read_data", "read_domains"]
