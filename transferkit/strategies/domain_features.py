@@ -32,6 +32,7 @@ import torch
 from ..errors import ConfigError
 from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
 from .domain import DeepOptions, source_stage
+from .linear import fit_logreg
 
 
 def _pre_stages(opts, model, train) -> list[Stage]:
@@ -45,26 +46,6 @@ def _pre_stages(opts, model, train) -> list[Stage]:
 def _standardiser(*xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate(xs)
     return x.mean(0), x.std(0) + 1e-6
-
-
-def _logreg(z: np.ndarray, y: np.ndarray, C: float, n_classes: int, seed: int,
-            sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
-    """Fit a multinomial logistic regression; return ``(coef (K, d), bias (K,))`` over all
-    ``n_classes`` (a class absent from ``y`` gets a bias of -1e4)."""
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    clf.fit(z, y, sample_weight=sample_weight)
-    coef = np.zeros((n_classes, z.shape[1]))
-    bias = np.full(n_classes, -1e4)
-    if clf.coef_.shape[0] == 1:
-        i0, i1 = clf.classes_
-        coef[i0], coef[i1] = -clf.coef_[0] / 2, clf.coef_[0] / 2
-        bias[i0], bias[i1] = -clf.intercept_[0] / 2, clf.intercept_[0] / 2
-    else:
-        coef[clf.classes_] = clf.coef_
-        bias[clf.classes_] = clf.intercept_
-    return coef, bias
 
 
 def _setter(weight: np.ndarray, bias: np.ndarray):
@@ -152,7 +133,7 @@ class Tca(_Features):
             ps = (zs - mean) @ W
             pm, psd = ps.mean(0), ps.std(0) + 1e-6
             for C in self._Cs():
-                coef, bias = _logreg((ps - pm) / psd, y_train.numpy(), C, len(model.classes), seed)
+                coef, bias = fit_logreg((ps - pm) / psd, y_train.numpy(), C, len(model.classes), seed)
                 # logits = coef . ((((x - mu0)/sd - mean) @ W - pm) / psd) + bias
                 A = (W / psd) @ coef.T                    # (d, K) acting on (x - mu0)/sd
                 weight = (A / sd[:, None]).T              # (K, d) acting on x
@@ -190,7 +171,7 @@ class CoralFeatures(_Features):
         zs_c = coral_transform(zs, zt, eps=self.options.eps)
         cands = []
         for C in self._Cs():
-            coef, bias = _logreg(zs_c, y_train.numpy(), C, len(model.classes), seed)
+            coef, bias = fit_logreg(zs_c, y_train.numpy(), C, len(model.classes), seed)
             weight = coef / sd
             b = bias - coef @ (mu0 / sd)
             cands.append((f"C={C:g}", _setter(weight, b)))
@@ -284,7 +265,7 @@ class TrAdaBoost(_Features):
             z, y = np.concatenate([zs, zl]), np.concatenate([ys, yl])
             learners = []
             for _t in range(N):
-                coef, bias = _logreg(z, y, C, K, seed, sample_weight=w * (n + m))
+                coef, bias = fit_logreg(z, y, C, K, seed, sample_weight=w * (n + m))
                 miss = ((z @ coef.T + bias).argmax(1) != y).astype(np.float64)
                 w_s, w_t, alpha = tradaboost_update(w[:n], w[n:], miss[:n], miss[n:], beta_src, K=K)
                 w = np.concatenate([w_s, w_t])

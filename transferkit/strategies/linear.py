@@ -18,6 +18,32 @@ from .base import Options, Stage, Strategy, register_strategy
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, n_classes: int, seed: int,
+               sample_weight=None, max_iter: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Fit a logistic regression (scikit-learn) and return it as one dense layer over all
+    ``n_classes``: ``(coef (K, d), bias (K,))``.  A binary model sigmoid(w.x + b) becomes
+    softmax([-(w.x+b)/2, (w.x+b)/2]); a class absent from ``y`` gets a bias of -1e4."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    clf.fit(z, y, sample_weight=sample_weight)
+    coef = np.zeros((n_classes, z.shape[1]))
+    bias = np.full(n_classes, -1e4)
+    if clf.coef_.shape[0] == 1:
+        i0, i1 = clf.classes_
+        coef[i0], coef[i1] = -clf.coef_[0] / 2, clf.coef_[0] / 2
+        bias[i0], bias[i1] = -clf.intercept_[0] / 2, clf.intercept_[0] / 2
+    else:
+        coef[clf.classes_] = clf.coef_
+        bias[clf.classes_] = clf.intercept_
+    return coef, bias
+
+
 @dataclass
 class LinearOptions(Options):
     C: float | None = None
@@ -40,7 +66,6 @@ class Linear(Strategy):
         return [Stage("probe", 0, [], frozen_backbone=True)]
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed):
-        from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import accuracy_score, log_loss
 
         if model.head.kind != "linear":
@@ -56,29 +81,15 @@ class Linear(Strategy):
         tried = []
         best = None
         for c in grid:
-            clf = LogisticRegression(C=c, max_iter=self.options.max_iter, random_state=seed)
-            clf.fit(z, yt)
-            proba = clf.predict_proba(zv)
-            full = np.zeros((len(yv), n_classes))
-            full[:, clf.classes_] = proba
+            coef, bias = fit_logreg(z, yt, c, n_classes, seed, max_iter=self.options.max_iter)
+            full = _softmax(zv @ coef.T + bias)
             acc = accuracy_score(yv, full.argmax(1)) if len(yv) else float("nan")
             loss = log_loss(yv, np.clip(full, 1e-12, 1), labels=list(range(n_classes))) if len(yv) else 0.0
             tried.append({"C": c, "val_accuracy": acc, "val_loss": loss})
             key = (acc, -loss)
             if best is None or key > best[0]:
-                best = (key, c, clf)
-        _, c, clf = best
-        coef = np.zeros((n_classes, z.shape[1]))
-        bias = np.zeros(n_classes)
-        if clf.coef_.shape[0] == 1:  # binary: sigmoid(w.x+b) == softmax([-(w.x+b)/2, (w.x+b)/2])
-            idx0, idx1 = clf.classes_
-            coef[idx0], coef[idx1] = -clf.coef_[0] / 2, clf.coef_[0] / 2
-            bias[idx0], bias[idx1] = -clf.intercept_[0] / 2, clf.intercept_[0] / 2
-        else:
-            coef[clf.classes_] = clf.coef_
-            bias[clf.classes_] = clf.intercept_
-            missing = sorted(set(range(n_classes)) - set(clf.classes_.tolist()))
-            bias[missing] = -1e4
+                best = (key, c, coef, bias)
+        _, c, coef, bias = best
         # fold standardisation: w.(x-mu)/sd + b  ==  (w/sd).x + (b - w.mu/sd)
         w = coef / sd
         b = bias - coef @ (mu / sd)
