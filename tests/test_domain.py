@@ -42,7 +42,7 @@ def domains(tmp_path_factory):
 
 def _fit(domains, tmp_path, strategy="dann", **kw):
     args = dict(target=domains["target"], test=domains["test"], backbone="digits-cnn",
-                strategy=strategy, epochs=2, batch_size=16, quiet=True, out=tmp_path / "run",
+                strategy=strategy, epochs=1, batch_size=16, quiet=True, out=tmp_path / "run",
                 figures=False, options={"source_epochs": 1})
     args.update(kw)
     return transferkit.fit(domains["source"], **args)
@@ -57,7 +57,7 @@ def test_domain_run_reports_label_free_and_oracle_choices(domains, tmp_path):
     hist = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert "oracle_target_accuracy" in hist[0] and "dev_risk" in hist[0]
     # the source stage is not a candidate: the choice is among adapted epochs
-    assert sel["chosen_epoch"] in (2, 3)
+    assert sel["chosen_epoch"] == 2
     # the test figures are the target test split's, at the label-free choice
     assert m["test"]["n"] == 30
     assert m["test"]["accuracy"] == pytest.approx(sel["chosen_target_accuracy"])

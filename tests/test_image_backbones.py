@@ -330,12 +330,8 @@ def test_tiny_backbones(name, n_groups):
     assert bb.identity() == f"{name}@random-init" and bb.spec() == {"name": name}
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        bb(x)
-        t0 = time.perf_counter()
         out = bb(x)["pooled"]
-        elapsed = time.perf_counter() - t0
     assert out.shape == (2, bb.feature_dim) and torch.isfinite(out).all()
-    assert elapsed < 0.5
     assert len(_assert_groups_cover(bb)) == n_groups
     # deterministic initialisation, global random state untouched
     torch.manual_seed(5)
