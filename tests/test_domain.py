@@ -237,3 +237,28 @@ def test_domains_from_one_table(tmp_path):
                         strategy="coral", quiet=True, out=tmp_path / "r2")
     with pytest.raises(DataError, match="no such column|'region'"):
         read_domains(csv_path, "region")
+
+
+def test_interrupted_domain_run_resumes_to_the_same_figures(domains, tmp_path, monkeypatch):
+    from transferkit import api
+    from transferkit.engine import trainer as trainer_mod
+
+    kw = dict(epochs=2, options={"source_epochs": 1})
+    full = _fit(domains, tmp_path / "full", **kw)
+    real = trainer_mod.Trainer._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        if calls["n"] == 2:  # after the source epoch and the first adaptation epoch
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "_train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(domains, tmp_path / "cut", **kw)
+    resumed = api.resume(tmp_path / "cut" / "run", quiet=True)
+    a, b = full.metrics, resumed.metrics
+    assert a["test"]["accuracy"] == b["test"]["accuracy"]
+    assert a["domain"]["selection"]["label_free"] == b["domain"]["selection"]["label_free"]
