@@ -77,3 +77,55 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------- nested state
+
+def _encode_tree(obj: Any, tensors: dict) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().contiguous().cpu()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_encode_tree(k, tensors), _encode_tree(v, tensors)]
+                             for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode_tree(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode_tree(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} without pickle")
+
+
+def _decode_tree(obj: Any, tensors: dict) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_decode_tree(v, tensors) for v in obj["__tuple__"])
+        return {_decode_tree(k, tensors): _decode_tree(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_decode_tree(v, tensors) for v in obj]
+    return obj
+
+
+def save_state_tree(path, tree: Any) -> Path:
+    """Write a nested state (e.g. an optimizer's ``state_dict()``: dicts with int keys, lists,
+    tuples, numbers and tensors) as ``PATH.safetensors`` + ``PATH.json``, never pickle."""
+    path = Path(path)
+    tensors: dict = {}
+    skeleton = _encode_tree(tree, tensors)
+    save_tensors(path.with_suffix(".safetensors"), tensors)
+    return write_json(path.with_suffix(".json"), skeleton)
+
+
+def load_state_tree(path, device: str | None = None) -> Any:
+    """Read what :func:`save_state_tree` wrote."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    tensors = load_file(str(path.with_suffix(".safetensors")), device=str(device or "cpu"))
+    return _decode_tree(json.loads(path.with_suffix(".json").read_text(encoding="utf-8")), tensors)

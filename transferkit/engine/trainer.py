@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import save_tensors, write_json, write_text
+from ..io import load_state_tree, save_state_tree, save_tensors, write_json, write_text
 from .cache import FeatureCache
 from .config import TrainConfig
 from .domain import DomainData, selection_key
@@ -256,8 +256,7 @@ class Trainer:
             first = start_epoch if si == start_stage else 0
             opt = self._optimizer(stage) if stage.groups else None
             if si == start_stage and first > 0 and opt is not None and ckpt:
-                opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.device,
-                                               weights_only=True))
+                opt.load_state_dict(load_state_tree(ckpt / "optimizer", self.device))
             if si != start_stage:
                 bad_epochs = 0
             steps_per_epoch = self._steps_per_epoch(stage, train)
@@ -534,13 +533,7 @@ class Trainer:
         if best["state"] is not None:
             save_tensors(ckpt / "best.safetensors", best["state"])
         if opt is not None:
-            import io as _io
-
-            buf = _io.BytesIO()
-            torch.save(opt.state_dict(), buf)
-            from ..io import write_bytes
-
-            write_bytes(ckpt / "optimizer.pt", buf.getvalue())
+            save_state_tree(ckpt / "optimizer", opt.state_dict())
         write_json(ckpt / "state.json", {
             "stage": stage, "epoch": epoch, "bad_epochs": bad_epochs, "history": history,
             "best": {"key": list(best["key"]) if best["key"] else None, "epoch": best["epoch"],
