@@ -112,7 +112,6 @@ def _digits_set(name: str):
 
 
 def _pick(samples, n: int, rng):
-    import numpy as np
 
     n = min(n, len(samples))
     return samples.subset(sorted(rng.choice(len(samples), n, replace=False).tolist()))

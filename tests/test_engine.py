@@ -100,8 +100,8 @@ def test_run_folder_contents(image_folder, tmp_path):
 
 
 def test_early_stopping(image_folder, tmp_path):
-    tm = transferkit.fit(image_folder, backbone="tiny-cnn", epochs=30, lr=1e-7, patience=2,
-                         out=tmp_path / "r", quiet=True)
+    transferkit.fit(image_folder, backbone="tiny-cnn", epochs=30, lr=1e-7, patience=2,
+                    out=tmp_path / "r", quiet=True)
     hist = (tmp_path / "r" / "history.csv").read_text().splitlines()
     assert len(hist) - 1 < 30
 

@@ -19,12 +19,12 @@ import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError, TransferkitError
+from .errors import ConfigError, DataError
 
 DEFAULT_BACKBONES = {"image": "efficientnet_lite0", "text": "minilm"}
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
 
@@ -64,63 +63,33 @@ class DomainData:
         return cls(target, scoring, test, labelled)
 
     # ---------------------------------------------------------------- scores
-    def scores(self, trainer, val, *, use_cache: bool) -> dict[str, float | None]:
+    def scores(self, trainer, z_val: np.ndarray, logits_val: np.ndarray, y_val,
+               *, use_cache: bool) -> dict[str, float | None]:
+        """The label-free scores (and the oracle's target accuracy) of the current model,
+        given its representation and logits on the source validation split."""
         from ..domain import domain_classifier_weights
         from ..select import dev_risk, importance_weighted_accuracy, mean_entropy
+        from .metrics import softmax
 
-        z_v, lg_v = outputs(trainer, val, "val", use_cache)
-        z_t, lg_t = outputs(trainer, self.scoring, "target_scoring", use_cache)
-        y_v = np.asarray(val.labels)
-        p_v = _softmax(lg_v)
+        z_t, lg_t = trainer.split_outputs("target_scoring", self.scoring, use_cache)
+        y_v = np.asarray(y_val)
+        p_v = softmax(logits_val.astype(np.float64))
         loss_v = -np.log(np.clip(p_v[np.arange(len(y_v)), y_v], 1e-12, 1.0))
-        correct = (lg_v.argmax(1) == y_v).astype(np.float64)
-        out: dict[str, float | None] = {"target_entropy": mean_entropy(_softmax(lg_t))}
+        correct = (logits_val.argmax(1) == y_v).astype(np.float64)
+        out: dict[str, float | None] = {
+            "target_entropy": mean_entropy(softmax(lg_t.astype(np.float64)))}
         try:
-            w = domain_classifier_weights(z_v, z_t, seed=trainer.cfg.seed)
+            w = domain_classifier_weights(z_val, z_t, seed=trainer.cfg.seed)
             out["iw_val_accuracy"] = importance_weighted_accuracy(correct, w)
-            out["dev_risk"] = dev_risk(z_v, loss_v, z_t, weights=w)
+            out["dev_risk"] = dev_risk(z_val, loss_v, z_t, weights=w)
         except (ValueError, ConfigError):  # e.g. a one-class validation fold
             out["iw_val_accuracy"] = float(correct.mean())
             out["dev_risk"] = float(loss_v.mean())
         out["oracle_target_accuracy"] = None
         if self.test is not None:
-            _, lg = outputs(trainer, self.test, "target_test", use_cache)
+            _, lg = trainer.split_outputs("target_test", self.test, use_cache)
             out["oracle_target_accuracy"] = float((lg.argmax(1) == self.test.labels).mean())
         return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-@torch.inference_mode()
-def outputs(trainer, samples, name: str, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(representation, logits)`` of every sample in ``samples`` under the current model.
-    The representation is what the classifier's last layer reads (``Head.embed``)."""
-    model = trainer.model
-    model.eval()
-    head = model.head
-    zs, lgs = [], []
-    if use_cache:
-        feats = trainer.split_features(name, samples)
-        for i in range(0, len(feats), 1024):
-            z = head.embed({"pooled": feats[i:i + 1024].to(trainer.device)})
-            zs.append(z.float().cpu())
-            lgs.append(head.fc(z).float().cpu())
-        return torch.cat(zs).numpy(), torch.cat(lgs).numpy()
-    n = len(samples)
-    z_all = lg_all = None
-    for b in trainer.pipeline.batches(samples, batch_size=trainer.cfg.eval_batch_size):
-        z = head.embed(model.features(b.inputs)).float().cpu()
-        lg = head.fc(z.to(trainer.device)).float().cpu()
-        if z_all is None:
-            z_all = np.zeros((n, z.shape[1]), dtype=np.float32)
-            lg_all = np.zeros((n, lg.shape[1]), dtype=np.float32)
-        z_all[b.indices.numpy()] = z.numpy()
-        lg_all[b.indices.numpy()] = lg.numpy()
-    return z_all, lg_all
 
 
 # -------------------------------------------------------------------- selection

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +33,7 @@ from .cache import FeatureCache
 from .config import TrainConfig
 from .domain import DomainData, selection_key
 from .inputs import InputPipeline
-from .metrics import classification_metrics, summary
+from .metrics import classification_metrics
 
 
 @dataclass
@@ -139,17 +138,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
-    def logits(self, samples, *, features: torch.Tensor | None = None) -> np.ndarray:
+    def outputs(self, samples, *, features: torch.Tensor | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(representation, logits)`` of every sample under the current weights; the
+        representation is what the head's last layer reads (``Head.embed``).  ``features``:
+        the samples' cached backbone features, when the backbone need not run."""
         model = self.model
         model.eval()
+        head = model.head
+        n, k = len(samples), len(model.classes)
+        zs: list[torch.Tensor] = []
+        lgs: list[torch.Tensor] = []
         if features is not None:
-            outs = [model.head({"pooled": features[i:i + 1024].to(self.device)}).float().cpu()
-                    for i in range(0, len(features), 1024)]
-            return torch.cat(outs).numpy() if outs else np.zeros((0, len(model.classes)))
-        out = np.zeros((len(samples), len(model.classes)), dtype=np.float32)
+            for i in range(0, len(features), 1024):
+                z = head.embed({"pooled": features[i:i + 1024].to(self.device)})
+                zs.append(z.float().cpu())
+                lgs.append(head.fc(z).float().cpu())
+            if not zs:
+                return np.zeros((0, head.embed_dim), np.float32), np.zeros((0, k), np.float32)
+            return torch.cat(zs).numpy(), torch.cat(lgs).numpy()
+        z_all = np.zeros((n, head.embed_dim), dtype=np.float32)
+        lg_all = np.zeros((n, k), dtype=np.float32)
         for b in self.pipeline.batches(samples, batch_size=self.cfg.eval_batch_size):
-            out[b.indices.numpy()] = model(b.inputs).float().cpu().numpy()
-        return out
+            z = head.embed(model.features(b.inputs))
+            idx = b.indices.numpy()
+            z_all[idx] = z.float().cpu().numpy()
+            lg_all[idx] = head.fc(z).float().cpu().numpy()
+        return z_all, lg_all
+
+    def split_outputs(self, name: str, samples, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`outputs`, reading the backbone features of ``samples`` from the cache
+        (under ``name``) when ``use_cache``."""
+        feats = self.split_features(name, samples) if use_cache else None
+        return self.outputs(samples, features=feats)
+
+    def logits(self, samples, *, features: torch.Tensor | None = None) -> np.ndarray:
+        return self.outputs(samples, features=features)[1]
 
     def evaluate(self, samples, *, use_cache: bool) -> dict[str, Any]:
         feats = None
@@ -373,8 +397,6 @@ class Trainer:
         under the current weights, for the before / after figures of a domain run."""
         if self.domain is None or self._val is None:
             return
-        from .domain import outputs
-
         val, tgt = self._val, self.domain.scoring
         rng = np.random.default_rng(self.cfg.seed)
         if len(val) > self.SNAPSHOT_SAMPLES:
@@ -382,8 +404,8 @@ class Trainer:
         if len(tgt) > self.SNAPSHOT_SAMPLES:
             tgt = tgt.subset(sorted(rng.choice(len(tgt), self.SNAPSHOT_SAMPLES, replace=False).tolist()))
         use_cache = self.model.features_fn is None and self.model.head.kind != "bilstm"
-        z_s, _ = outputs(self, val, f"snap_val_{name}", use_cache)
-        z_t, _ = outputs(self, tgt, f"snap_tgt_{name}", use_cache)
+        z_s, _ = self.split_outputs(f"snap_val_{name}", val, use_cache)
+        z_t, _ = self.split_outputs(f"snap_tgt_{name}", tgt, use_cache)
         self.snapshots[name] = (z_s, z_t, np.asarray(val.labels))
 
     # ------------------------------------------------------------------ per-epoch scores
@@ -391,12 +413,17 @@ class Trainer:
         """Validation metrics, the domain scores when there is a target, and the key by which
         this epoch competes under the selection criterion."""
         use_cache = self.cacheable(stage)
-        m = self.evaluate(val, use_cache=use_cache)
-        rec = {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
-        if self.domain is not None:
+        if self.domain is None:
+            m = self.evaluate(val, use_cache=use_cache)
+            domain_scores = {}
+        else:
             t0 = time.perf_counter()
-            rec.update(self.domain.scores(self, val, use_cache=use_cache))
+            z_v, lg_v = self.split_outputs("val", val, use_cache)  # one pass serves both
+            m = classification_metrics(lg_v, val.labels, self.model.classes)
+            domain_scores = self.domain.scores(self, z_v, lg_v, val.labels, use_cache=use_cache)
             self.timing["eval_s"] += time.perf_counter() - t0
+        rec = {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
+               **domain_scores}
         return rec, selection_key(self.select, rec), m
 
     def _epoch_line(self, rec, stage, train_loss, improved) -> str:

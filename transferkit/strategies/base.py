@@ -15,7 +15,7 @@ a dataclass, so unknown or ill-typed options are refused with a clear message.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch

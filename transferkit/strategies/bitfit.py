@@ -65,7 +65,6 @@ class BitFit(Strategy):
     trains_backbone = "some"
 
     def validate(self) -> None:
-        o = self.options
         self.require_positive("lr", "head_lr")
 
     def check_backbone(self, backbone) -> None:

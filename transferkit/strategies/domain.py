@@ -60,8 +60,11 @@ def _backbone_lr(opts, model, train) -> float:
     return train.lr if train.lr is not None else default_backbone_lr(model)
 
 
-def source_stage(name: str, epochs: int, opts, model, train, extra=()) -> Stage:
-    """One stage that trains the head (and the backbone when it tunes) on the source."""
+def source_stage(name: str, epochs: int, opts, model, train, extra=(), *,
+                 selectable: bool = True) -> Stage:
+    """One stage that trains the head (and the backbone when it tunes) on the source.
+    ``selectable=False`` for a warm-up before adaptation: its epochs are not candidates,
+    the method's choice is among adapted models."""
     tune = _tunes_backbone(opts, model)
     groups = []
     if tune:
@@ -70,13 +73,29 @@ def source_stage(name: str, epochs: int, opts, model, train, extra=()) -> Stage:
     groups.append(ParamGroup("head", head_params(model), opts.head_lr))
     groups.extend(extra)
     return Stage(name, epochs, groups, frozen_backbone=not tune, train_bn=tune,
-                 warmup_epochs=train.warmup_epochs if name == "source" else 0.0)
+                 warmup_epochs=train.warmup_epochs if name == "source" else 0.0,
+                 selectable=selectable)
 
 
-class _Deep(Strategy):
+class DomainStrategy(Strategy):
+    """What every domain-adaptation strategy shares: it needs pooled features, and the end
+    of its ``source`` stage is the "before" picture of the run."""
+
+    uses_target = True
+
+    def check_backbone(self, backbone) -> None:
+        if backbone.output != "pooled":
+            raise ConfigError(f"{self.name}: needs a backbone with pooled features; "
+                              f"{backbone.name!r} gives token vectors only")
+
+    def stage_done(self, trainer, stage) -> None:
+        if stage.name == "source":
+            trainer.snapshot("before")
+
+
+class _Deep(DomainStrategy):
     options_cls: ClassVar[type[Options]] = DeepOptions
     default_head = "mlp"
-    uses_target = True
 
     #: "none" on a pretrained backbone by default; ``tune_backbone=true`` and backbones that
     #: are not pretrained (``digits-cnn``) train it all
@@ -90,11 +109,6 @@ class _Deep(Strategy):
         if o.weight < 0:
             raise ConfigError(f"{self.name}: weight must be >= 0, got {o.weight}")
 
-    def check_backbone(self, backbone) -> None:
-        if backbone.output != "pooled":
-            raise ConfigError(f"{self.name}: needs a backbone with pooled features; "
-                              f"{backbone.name!r} gives token vectors only")
-
     def adapt_modules(self, model) -> list[nn.Parameter]:
         return []
 
@@ -102,20 +116,13 @@ class _Deep(Strategy):
         o = self.options
         out = []
         if o.source_epochs > 0:
-            # its epochs are not candidates: the method's choice is among adapted models
-            st = source_stage("source", o.source_epochs, o, model, train)
-            st.selectable = False
-            out.append(st)
+            out.append(source_stage("source", o.source_epochs, o, model, train, selectable=False))
         extra = self.adapt_modules(model)
         st = source_stage("adapt", train.epochs, o, model, train,
                           [ParamGroup("domain", extra, o.head_lr)] if extra else ())
         st.domain = True
         out.append(st)
         return out
-
-    def stage_done(self, trainer, stage) -> None:
-        if stage.name == "source":
-            trainer.snapshot("before")
 
 
 @register_strategy

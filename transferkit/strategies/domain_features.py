@@ -30,17 +30,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
-from .domain import DeepOptions, source_stage
+from .base import Options, ParamGroup, Stage, head_params, register_strategy
+from .domain import DeepOptions, DomainStrategy, source_stage
 from .linear import fit_logreg
 
 
 def _pre_stages(opts, model, train) -> list[Stage]:
     if getattr(model.backbone, "pretrained", True):
         return []
-    st = source_stage("source", opts.source_epochs, opts, model, train)
-    st.selectable = False
-    return [st]
+    return [source_stage("source", opts.source_epochs, opts, model, train, selectable=False)]
 
 
 def _standardiser(*xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +71,8 @@ class FeatureOptions(Options):
     C: float | None = None
 
 
-class _Features(Strategy):
+class _Features(DomainStrategy):
     closed_form = True
-    uses_target = True
     default_head = "linear"
 
     def validate(self) -> None:
@@ -83,17 +80,8 @@ class _Features(Strategy):
         if self.options.source_epochs < 0:
             raise ConfigError(f"{self.name}: source_epochs must be >= 0")
 
-    def check_backbone(self, backbone) -> None:
-        if backbone.output != "pooled":
-            raise ConfigError(f"{self.name}: needs a backbone with pooled features; "
-                              f"{backbone.name!r} gives token vectors only")
-
     def stages(self, model, train):
         return _pre_stages(self.options, model, train) + [Stage("fit", 0, [], frozen_backbone=True)]
-
-    def stage_done(self, trainer, stage) -> None:
-        if stage.name == "source":
-            trainer.snapshot("before")
 
     def _Cs(self) -> list[float]:
         return [self.options.C] if self.options.C is not None else [0.01, 0.1, 1.0]
@@ -187,12 +175,11 @@ class ImportanceOptions(DeepOptions):
 
 
 @register_strategy
-class Importance(Strategy):
+class Importance(DomainStrategy):
     name = "importance"
     description = ("instance weighting: source losses weighted by the density ratio "
                    "p_target/p_source (domain classifier, or kernel mean matching)")
     options_cls = ImportanceOptions
-    uses_target = True
 
     def validate(self) -> None:
         if self.options.method not in ("classifier", "kmm"):
@@ -200,20 +187,11 @@ class Importance(Strategy):
                               f"got {self.options.method!r}")
         self.require_positive("head_lr", "backbone_lr")
 
-    def check_backbone(self, backbone) -> None:
-        if backbone.output != "pooled":
-            raise ConfigError(f"importance: needs a backbone with pooled features; "
-                              f"{backbone.name!r} gives token vectors only")
-
     def stages(self, model, train):
         o = self.options
         st = Stage("weighted", train.epochs, [ParamGroup("head", head_params(model), o.head_lr)],
                    frozen_backbone=True, weighted=True)
         return _pre_stages(o, model, train) + [st]
-
-    def stage_done(self, trainer, stage) -> None:
-        if stage.name == "source":
-            trainer.snapshot("before")
 
     def instance_weights(self, x_source, x_target, seed):
         from ..domain import domain_classifier_weights, kmm_weights

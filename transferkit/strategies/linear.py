@@ -18,11 +18,6 @@ from .base import Options, Stage, Strategy, register_strategy
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, n_classes: int, seed: int,
                sample_weight=None, max_iter: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Fit a logistic regression (scikit-learn) and return it as one dense layer over all
@@ -66,6 +61,7 @@ class Linear(Strategy):
         return [Stage("probe", 0, [], frozen_backbone=True)]
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed):
+        from scipy.special import softmax
         from sklearn.metrics import accuracy_score, log_loss
 
         if model.head.kind != "linear":
@@ -82,7 +78,7 @@ class Linear(Strategy):
         best = None
         for c in grid:
             coef, bias = fit_logreg(z, yt, c, n_classes, seed, max_iter=self.options.max_iter)
-            full = _softmax(zv @ coef.T + bias)
+            full = softmax(zv @ coef.T + bias, axis=1)
             acc = accuracy_score(yv, full.argmax(1)) if len(yv) else float("nan")
             loss = log_loss(yv, np.clip(full, 1e-12, 1), labels=list(range(n_classes))) if len(yv) else 0.0
             tried.append({"C": c, "val_accuracy": acc, "val_loss": loss})
