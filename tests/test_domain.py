@@ -245,7 +245,7 @@ def test_interrupted_domain_run_resumes_to_the_same_figures(domains, tmp_path, m
 
     kw = dict(epochs=2, options={"source_epochs": 1})
     full = _fit(domains, tmp_path / "full", **kw)
-    real = trainer_mod.Trainer._train_epoch
+    real = trainer_mod.Trainer._train_batches
     calls = {"n": 0}
 
     def interrupted(self, *a, **k):
@@ -255,7 +255,7 @@ def test_interrupted_domain_run_resumes_to_the_same_figures(domains, tmp_path, m
         return real(self, *a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod.Trainer, "_train_epoch", interrupted)
+        m.setattr(trainer_mod.Trainer, "_train_batches", interrupted)
         with pytest.raises(KeyboardInterrupt):
             _fit(domains, tmp_path / "cut", **kw)
     resumed = api.resume(tmp_path / "cut" / "run", quiet=True)

@@ -12,11 +12,11 @@ import transferkit
 from transferkit import api
 from transferkit.engine import trainer as trainer_mod
 from transferkit.engine.metrics import classification_metrics
-from transferkit.engine.trainer import lr_factor
+from transferkit.engine.schedules import build_scheduler, lr_factor
 
 
 def _interrupt_after(monkeypatch, n_epochs: int):
-    real = trainer_mod.Trainer._train_epoch
+    real = trainer_mod.Trainer._train_batches
     calls = {"n": 0}
 
     def wrapped(self, *a, **k):
@@ -25,7 +25,7 @@ def _interrupt_after(monkeypatch, n_epochs: int):
         calls["n"] += 1
         return real(self, *a, **k)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", wrapped)
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_batches", wrapped)
 
 
 @pytest.mark.parametrize("strategy,backbone,cut", [("freeze", "tiny-cnn", 2),
@@ -132,3 +132,21 @@ def test_metrics_by_hand():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert m["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(4), labels])), rel=1e-6)
     assert math.isclose(m["per_class"]["b"]["recall"], 2 / 3)
+
+
+@pytest.mark.parametrize("total,warmup,schedule", [(100, 10, "cosine"), (40, 0, "cosine"),
+                                                   (37, 5, "linear"), (30, 3, "constant"),
+                                                   (6, 8, "cosine"), (50, 1, "linear")])
+def test_torch_scheduler_follows_the_schedule(total, warmup, schedule):
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD([{"params": [params[0]], "lr": 0.1, "initial_lr": 0.1},
+                           {"params": [params[1]], "lr": 0.02, "initial_lr": 0.02}], lr=0.1)
+    sched = build_scheduler(opt, total, warmup, schedule)
+    for step in range(total):
+        for g, base in zip(opt.param_groups, (0.1, 0.02)):
+            assert g["lr"] == pytest.approx(base * lr_factor(step, total, warmup, schedule),
+                                            rel=1e-9, abs=1e-15)
+        opt.step()
+        sched.step()

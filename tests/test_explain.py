@@ -234,14 +234,15 @@ def test_a_second_pass_is_what_is_explained():
     and attributions are those of the last pass, the gradient summed over both uses."""
     from transferkit.report.explain import text_attribution
 
-    def twice(m, batch):
-        with torch.no_grad():
-            m.backbone(batch)
-        return m.backbone(batch)
+    class Twice(torch.nn.Module):
+        def features(self, m, batch):
+            with torch.no_grad():
+                m.backbone(batch)
+            return m.backbone(batch)
 
     bert = build_model(build_backbone("tiny-bert"), HeadConfig(), ["a", "b"]).eval()
     ref = text_attribution(bert, "good and nice")
-    bert.features_fn = twice
+    bert.attach("twice", Twice(), computes_features=True)
     got = text_attribution(bert, "good and nice")
     np.testing.assert_allclose(got["grad_x_input"], ref["grad_x_input"], rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(got["attention"], ref["attention"], rtol=1e-6)
@@ -249,6 +250,6 @@ def test_a_second_pass_is_what_is_explained():
     vit = build_model(build_backbone("tiny-vit"), HeadConfig(), ["a", "b"]).eval()
     x = torch.randn(1, 3, 32, 32)
     a, _ = vit_attention(vit, x, model=vit)
-    vit.features_fn = twice
+    vit.attach("twice", Twice(), computes_features=True)
     b, _ = vit_attention(vit, x, model=vit)
     np.testing.assert_array_equal(a["rollout"], b["rollout"])

@@ -29,7 +29,7 @@ def _prepared(backbone: str, **options):
     bb = build_backbone(backbone)
     strat.check_backbone(bb)
     model = build_model(bb, HeadConfig(), ["a", "b"])
-    strat.prepare(model)
+    strat.attach(model)
     return strat, model
 
 
@@ -136,7 +136,7 @@ def test_lora_pointwise_rule_excludes_exactly():
     assert set(plan.targets) == {"conv1", "conv3"} and plan.exclude == ["conv1"]
     holder = torch.nn.Module()
     holder.backbone = bb
-    strat.prepare(holder)
+    strat.attach(holder)
     adapted = {n for n, m in bb.model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == {f"blocks.{i}.conv{j}" for i in (0, 1) for j in (1, 3)}
     assert bb(torch.randn(2, 3, 8, 8))["pooled"].shape == (2, 16)

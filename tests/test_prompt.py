@@ -19,7 +19,7 @@ def _prepared(backbone, **options):
     model = build_model(backbone, HeadConfig(), ["a", "b"])
     strategy = get_strategy("prompt", **options)
     strategy.check_backbone(backbone)
-    strategy.prepare(model)
+    strategy.attach(model)
     model.eval()
     return model, strategy
 

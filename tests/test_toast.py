@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ def _model(backbone: str, strategy: str, **opts):
     model = build_model(bb, HeadConfig(), ["neg", "pos"])
     strat = get_strategy(strategy, **opts)
     strat.check_backbone(bb)
-    strat.prepare(model)
+    strat.attach(model)
     return model, strat
 
 
@@ -184,7 +186,7 @@ def test_toast_lite_under_two_percent_on_minilm():
     for name in STRATS:
         model = build_model(bb, HeadConfig(), ["neg", "pos"])
         strat = get_strategy(name)
-        strat.prepare(model)
+        strat.attach(model)
         trainable, total, _ = _fraction(model, strat)
         fr[name] = trainable / total
     assert fr["toast-lite"] < 0.02 < fr["toast"]
@@ -202,20 +204,28 @@ def test_pretuning_uses_no_labels():
     x = _batch(model)
     feats = model.features(x)
     assert not feats["pooled"].requires_grad  # the classification loss cannot train anything
-    terms = strat.loss_terms(model, feats, model.head(feats), torch.zeros(3, dtype=torch.long))
+
+    def loss_terms():  # what the pre-tuning stage's callbacks add to the loss of a batch
+        state = SimpleNamespace(model=model)
+        out = {}
+        for cb in stages[0].callbacks:
+            out.update(cb.on_batch(state, None) or {})
+        return out
+
+    terms = loss_terms()
     assert set(terms) == {"toast_recon"} and terms["toast_recon"] > 0
     terms["toast_recon"].backward()
     tk: ToastModule = model.toast
     assert all(p.grad is not None for p in tk.pretune_parameters())
     assert tk.prompt.grad is None and tk.transform.grad is None
     assert all(b.emit.weight.grad is None for b in tk.feedback)
-    assert strat.loss_terms(model, feats, None, None) == {}  # consumed once
+    assert loss_terms() == {}  # consumed once
     # outside pre-tuning there is no reconstruction term
     for p in stages[1].parameters():
         p.requires_grad_(True)
     feats = model.features(x)
     assert feats["pooled"].requires_grad
-    assert strat.loss_terms(model, feats, None, None) == {}
+    assert loss_terms() == {}
 
 
 def test_fit_with_pretuning_frozen_backbone_and_bundle(tmp_path):

@@ -231,11 +231,8 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      target=domain["target"], target_test=domain["test"],
                                      target_labelled=domain["labelled"])
-        frozen = not any(n.startswith("backbone.") for n in result.touched) and \
-            model.features_fn is None and model.head.kind != "bilstm" and \
-            not getattr(strat, "needs_live_backbone", False)
-        val_m = trainer.evaluate(splits["val"], use_cache=frozen)
-        test_m = trainer.evaluate(splits["test"], use_cache=frozen) if splits["test"] else None
+        val_m = trainer.evaluate(splits["val"])
+        test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
 
     timing = dict(result.timing)
     timing["total_s"] = time.perf_counter() - t0

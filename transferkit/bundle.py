@@ -95,7 +95,7 @@ def load_model(path: str | Path):
     model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
     strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"]["options"])
     strategy.check_backbone(backbone)
-    strategy.prepare(model)
+    strategy.attach(model)
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except FileNotFoundError:

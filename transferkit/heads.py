@@ -112,23 +112,69 @@ class Head(nn.Module):
     def embed_dim(self) -> int:
         return self.fc.in_features
 
+    @property
+    def reads(self) -> str:
+        """``"tokens"`` when the head reads token vectors (``bilstm``), else ``"pooled"``."""
+        return "tokens" if self.kind == "bilstm" else "pooled"
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from the representation :meth:`embed` gave (dropout acts in training)."""
+        return self.fc(self.dropout(z))
+
+    def set_linear(self, weight, bias) -> None:
+        """Set the final dense layer (``(K, d)`` weight, ``(K,)`` bias), e.g. to a classifier
+        fitted in closed form."""
+        fc = self.fc
+        with torch.no_grad():
+            fc.weight.copy_(torch.as_tensor(weight).to(fc.weight.dtype))
+            fc.bias.copy_(torch.as_tensor(bias).to(fc.bias.dtype))
+
 
 class TransferModel(nn.Module):
-    """A backbone and a head; ``forward(batch) -> logits``."""
+    """A backbone and a head; ``forward(batch) -> logits``.
+
+    A strategy may :meth:`attach` modules of its own (adapters' companions, prompts, a
+    domain discriminator, a top-down module): they are ordinary submodules, so their tensors
+    are in ``state_dict`` and in the bundle.  One attached module may compute the features in
+    place of the backbone (``computes_features=True``: its ``features(model, batch)`` is
+    called, e.g. TOAST's steered second pass or prompt tokens fed through the encoder).
+    """
+
+    RESERVED = ("backbone", "head")
 
     def __init__(self, backbone, head: Head, classes: list[str]):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.classes = list(classes)
-        #: a strategy may replace how features are computed (e.g. a second, steered pass):
-        #: ``features_fn(model, batch) -> feature dict``.  Modules it needs live on the model.
-        self.features_fn = None
+        #: name of the attached module that computes the features, if any
+        self.feature_module: str | None = None
+
+    def attach(self, name: str, module: nn.Module, *, computes_features: bool = False) -> nn.Module:
+        if name in self.RESERVED or not name.isidentifier():
+            raise ConfigError(f"cannot attach a module named {name!r}")
+        self.add_module(name, module)
+        if computes_features:
+            if not callable(getattr(module, "features", None)):
+                raise ConfigError(f"module {name!r} computes features but has no features()")
+            self.feature_module = name
+        return module
+
+    def attached(self, name: str) -> nn.Module | None:
+        """The module attached under ``name``, or ``None``."""
+        return self._modules.get(name) if name not in self.RESERVED else None
 
     def features(self, batch: Any) -> dict[str, torch.Tensor]:
-        if self.features_fn is not None:
-            return self.features_fn(self, batch)
+        if self.feature_module is not None:
+            return self._modules[self.feature_module].features(self, batch)
         return self.backbone(batch)
+
+    @property
+    def features_fixed(self) -> bool:
+        """Whether what the head reads is a function of the backbone's pooled output alone,
+        so that it can be computed once and cached (no attached feature module, no head
+        reading token vectors)."""
+        return self.feature_module is None and self.head.reads == "pooled"
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.head(self.features(batch))

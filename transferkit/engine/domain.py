@@ -22,12 +22,14 @@ Scores use at most :data:`MAX_SCORE_SAMPLES` target samples (a fixed seeded subs
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..events import Callback
 
 #: label-free selection criteria, and what each compares (higher key = better)
 CRITERIA = ("source-val", "iwv", "dev", "entropy")
@@ -62,6 +64,12 @@ class DomainData:
             test = None
         return cls(target, scoring, test, labelled)
 
+    def named(self) -> dict[str, Any]:
+        """The target's sample sets under the names the engine keeps their features by."""
+        sets = {"target": self.target, "target_scoring": self.scoring,
+                "target_test": self.test, "target_labelled": self.labelled}
+        return {k: v for k, v in sets.items() if v is not None}
+
     # ---------------------------------------------------------------- scores
     def scores(self, trainer, z_val: np.ndarray, logits_val: np.ndarray, y_val,
                *, use_cache: bool) -> dict[str, float | None]:
@@ -90,6 +98,53 @@ class DomainData:
             _, lg = trainer.split_outputs("target_test", self.test, use_cache)
             out["oracle_target_accuracy"] = float((lg.argmax(1) == self.test.labels).mean())
         return out
+
+
+# -------------------------------------------------------------------- callbacks
+
+class DomainScores(Callback):
+    """After every epoch: the label-free scores of the current model on the target (and the
+    oracle's target accuracy), from the validation outputs :class:`ValidationScores` kept."""
+
+    def __init__(self, domain: DomainData):
+        self.domain = domain
+
+    def on_epoch_end(self, state, record) -> None:
+        t0 = time.perf_counter()
+        z_v, lg_v = state.val_outputs
+        record.update(self.domain.scores(state.trainer, z_v, lg_v, state.data["val"].labels,
+                                         use_cache=state.cached))
+        state.timing["eval_s"] += time.perf_counter() - t0
+
+
+class Snapshots(Callback):
+    """Keeps the representation of (at most 300) source validation and target samples, for
+    the before / after pictures of a domain run: at the end of every stage that names a
+    snapshot (``Stage.snapshot``), and whenever :meth:`take` is called."""
+
+    SAMPLES = 300
+
+    def __init__(self, domain: DomainData, val, seed: int):
+        self.domain = domain
+        self.val = val
+        self.seed = seed
+        self.taken: dict[str, tuple] = {}
+
+    def on_stage_end(self, state) -> None:
+        if state.stage.snapshot:
+            self.take(state.trainer, state.stage.snapshot)
+
+    def take(self, trainer, name: str) -> None:
+        val, tgt = self.val, self.domain.scoring
+        rng = np.random.default_rng(self.seed)
+        if len(val) > self.SAMPLES:
+            val = val.subset(sorted(rng.choice(len(val), self.SAMPLES, replace=False).tolist()))
+        if len(tgt) > self.SAMPLES:
+            tgt = tgt.subset(sorted(rng.choice(len(tgt), self.SAMPLES, replace=False).tolist()))
+        use_cache = trainer.model.features_fixed
+        z_s, _ = trainer.split_outputs(f"snap_val_{name}", val, use_cache)
+        z_t, _ = trainer.split_outputs(f"snap_tgt_{name}", tgt, use_cache)
+        self.taken[name] = (z_s, z_t, np.asarray(val.labels))
 
 
 # -------------------------------------------------------------------- selection

@@ -50,7 +50,9 @@ class InputPipeline:
         return f"text:max_length={getattr(self.backbone, 'max_length', None)}"
 
     def batches(self, samples, *, batch_size: int, train: bool = False, shuffle: bool = False,
-                seed: int = 0) -> Iterator[Batch]:
+                seed: int = 0, keep_order: bool = False) -> Iterator[Batch]:
+        """Batches of ``samples``: shuffled by ``seed``, or in order (texts of similar length
+        batched together for speed unless ``keep_order``)."""
         from ..data.datasets import make_loader
 
         if samples.modality != self.modality:
@@ -67,7 +69,7 @@ class InputPipeline:
                 yield Batch(x.to(self.device), y.to(self.device), idx)
         else:
             order = None
-            if not shuffle and len(samples) > batch_size:
+            if not shuffle and not keep_order and len(samples) > batch_size:
                 # inference: batch texts of similar length, so padding does not double the work
                 order = np.argsort([len(t) for t in samples.items], kind="stable")
                 samples = samples.subset(order.tolist())

@@ -1,22 +1,24 @@
 """The one training loop every strategy runs through.
 
-``Trainer.fit`` walks the strategy's stages.  A stage whose backbone is frozen trains the head
-on cached features when it can (pooled features, no per-epoch augmentation); otherwise batches
-go through the whole model.  After every epoch the validation split is scored, the best epoch
-(validation accuracy, then validation loss) is kept, and a checkpoint is written atomically, so
-an interrupted run resumes where it stopped and ends with the same figures.  Every epoch seeds
-its own random state from (seed, stage, epoch), which is what makes resuming exact.
+:meth:`Trainer.fit` walks the strategy's stages, each stage's epochs and each epoch's
+batches, and fires the events of :mod:`transferkit.events` at every step; everything else is
+a callback (:mod:`transferkit.engine.callbacks`: timing, validation scores, best-epoch
+selection and early stopping, epoch log, progress, history, checkpoints; with a target
+domain, the label-free scores and snapshots of :mod:`transferkit.engine.domain`; and the
+callbacks a strategy puts on its own stages).  A batch step is: the strategy's callbacks may
+add streams or weights -> one forward pass (the batch and its streams together) -> the task
+loss (cross-entropy, weighted when the batch has weights) plus every loss term a callback
+returns -> backward -> optimizer step -> scheduler step.
 
-With a target domain (``fit(..., target=...)``) the loop also draws unlabelled target batches
-for strategies whose stage asks for them (``Stage.domain``) and adds the strategy's
-``domain_terms``; after every epoch it scores label-free selection criteria on the target
-(see :mod:`transferkit.engine.domain`) and, when the target's test split is labelled, the
-target accuracy for the oracle column; that accuracy is recorded, never used for a choice.
+A stage that the strategy solves in closed form (``Stage.solve``) runs no batches: its
+settings are its "epochs", each applied and scored like one.  Whether a stage feeds the head
+cached backbone features or runs the live backbone is decided by
+:meth:`transferkit.engine.features.Features.usable`, once per stage.  Every epoch seeds its
+own random state from (seed, stage, epoch), which is what makes resuming exact.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,12 +30,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import load_state_tree, save_state_tree, save_tensors, write_json, write_text
+from ..events import Batch, Callback
 from .cache import FeatureCache
+from .callbacks import (BestEpoch, Checkpoint, EpochLog, History, Progress, Timing,
+                        ValidationScores)
 from .config import TrainConfig
-from .domain import DomainData, selection_key
+from .distributed import Processes
+from .domain import DomainData, DomainScores, Snapshots, summarize_selection
+from .features import Features
 from .inputs import InputPipeline
 from .metrics import classification_metrics
+from .schedules import build_scheduler
 
 
 @dataclass
@@ -51,40 +58,115 @@ class FitResult:
     selection: dict[str, Any] | None = None
 
 
+@dataclass
+class Best:
+    """The best epoch so far: its selection key, where it was, its weights and figures."""
+    key: tuple | None = None
+    epoch: int | None = None
+    stage: str | None = None
+    tensors: dict[str, torch.Tensor] | None = None
+    metrics: dict[str, Any] | None = None
+    setting: str | None = None
+
+
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return (seed * 1_000_003 + stage * 10_007 + epoch) % (2**31 - 1)
 
 
-def _bn_modules(module: nn.Module):
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    t = (step - warmup) / max(1, total - warmup)
-    if schedule == "linear":
-        return max(0.0, 1.0 - t)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
+@dataclass
+class FitState:
+    """What the loop knows, shared with every callback.
+
+    Strategies' callbacks and closed-form solvers use :meth:`features` (cached backbone
+    features of a named sample set: ``"train"``, ``"val"``, ``"target"``, ...),
+    :meth:`labels`, :meth:`has`, ``model``, ``cfg`` and :meth:`log`.
+    """
+
+    trainer: "Trainer"
+    model: nn.Module
+    cfg: TrainConfig
+    data: dict[str, Any]
+    stages: list
+    criterion: str
+    device: torch.device
+    stage_index: int = 0
+    epoch: int = 0                 # index of the running epoch within its stage
+    step: int = 0                  # optimizer steps taken in this stage
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    cached: bool = False           # the current stage feeds the head cached features
+    stop: bool = False             # end the current stage now (early stopping)
+    improved: bool = False         # the epoch just scored is the best so far
+    resumed_mid_stage: bool = False
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: Best = field(default_factory=Best)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    candidates: list = field(default_factory=list)   # settings of a closed-form stage
+    solution: dict[str, Any] | None = None           # what the closed-form solver reported
+    val_outputs: tuple | None = None
+    val_metrics: dict[str, Any] | None = None
+    epoch_started: float = 0.0
+    epoch_seed: int = 0
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stage(self):
+        return self.stages[self.stage_index]
+
+    @property
+    def stage_epochs(self) -> int:
+        return len(self.candidates) if self.stage.solve is not None else self.stage.epochs
+
+    def features(self, name: str) -> torch.Tensor:
+        return self.trainer.features.get(name, self.data[name])
+
+    def labels(self, name: str) -> torch.Tensor:
+        return torch.as_tensor(self.data[name].labels)
+
+    def stream(self, name: str):
+        """Endless batches of the named sample set, fed as this stage feeds the model."""
+        return self.trainer.stream(self, name)
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def log(self, msg: str) -> None:
+        self.trainer.log(msg)
+
+    def new_best(self, **kw) -> Best:
+        return Best(**kw)
+
+    def touched(self) -> list[str]:
+        return self.trainer.touched_names(self.stages, self.stage_index)
 
 
-def _better(key, best, min_delta: float = 1e-4) -> bool:
-    """Higher validation accuracy wins; at equal accuracy, a validation loss lower by more
-    than ``min_delta``."""
-    if best is None:
-        return True
-    if key[0] != best[0]:
-        return key[0] > best[0]
-    return key[1] > best[1] + min_delta
+class _Fire:
+    """Calls one event on the engine's callbacks, then on the current stage's own."""
+
+    def __init__(self, callbacks: list[Callback], state: FitState):
+        self.callbacks = callbacks
+        self.state = state
+
+    def __call__(self, event: str, *args) -> list:
+        cbs = list(self.callbacks)
+        if event not in ("on_fit_start", "on_fit_end"):
+            cbs += list(self.state.stage.callbacks)
+        return [getattr(cb, event)(self.state, *args) for cb in cbs]
 
 
 class Trainer:
     def __init__(self, model: nn.Module, strategy, cfg: TrainConfig, *, run_dir: Path | None = None,
                  cache: FeatureCache | None = None, log: Callable[[str], None] = print,
-                 progress=None, device=None):
+                 progress=None, device=None, processes: Processes | None = None):
         self.model = model
+        #: this process's place in a data-parallel run (see engine/distributed.py)
+        self.processes = processes or Processes()
         self.strategy = strategy
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else None
@@ -95,48 +177,18 @@ class Trainer:
         self.pipeline = InputPipeline(model.backbone, grayscale=cfg.grayscale, augment=cfg.augment,
                                       workers=cfg.workers, device=self.device)
         self.timing = {"features_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
-        self._feat: dict[str, torch.Tensor] = {}
-        self._weights: torch.Tensor | None = None
-        self.domain = None
+        self.features = Features(model, self.pipeline, self.cache, augment=cfg.augment,
+                                 batch_size=cfg.eval_batch_size, timing=self.timing,
+                                 progress=progress, processes=self.processes)
         self.select = "source-val"
-        self.snapshots: dict[str, tuple] = {}
+        self.state: FitState | None = None
+        self._snapshots: Snapshots | None = None
+        self._val = None
 
-    # ------------------------------------------------------------------ features
-    def cacheable(self, stage) -> bool:
-        bb = self.model.backbone
-        if not stage.frozen_backbone or self.model.head.kind == "bilstm":
-            return False
-        if self.model.features_fn is not None:
-            return False
-        if self.cfg.augment and bb.modality == "image":
-            return False
-        return not getattr(self.strategy, "needs_live_backbone", False)
-
-    def _backbone_changed(self) -> None:
-        """The backbone's weights changed: features computed so far are stale, and features
-        of these weights must never reach the persistent cache (its key names the
-        pretrained weights)."""
-        self._feat.clear()
-        self._live_weights = True
-
-    _live_weights = False
-
+    # ------------------------------------------------------------------ services
     def split_features(self, name: str, samples) -> torch.Tensor:
-        if name not in self._feat:
-            t0 = time.perf_counter()
-            bb = self.model.backbone
-            cache = self.cache
-            if self._live_weights or not getattr(bb, "pretrained", True):
-                cache = FeatureCache(enabled=False, runtime="torch")
-            self._feat[name] = cache.features(bb, self.pipeline, samples,
-                                              batch_size=self.cfg.eval_batch_size,
-                                              progress=self.progress)
-            self.timing["features_s"] += time.perf_counter() - t0
-        return self._feat[name]
+        return self.features.get(name, samples)
 
-    _val = None
-
-    # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
     def outputs(self, samples, *, features: torch.Tensor | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,13 +199,12 @@ class Trainer:
         model.eval()
         head = model.head
         n, k = len(samples), len(model.classes)
-        zs: list[torch.Tensor] = []
-        lgs: list[torch.Tensor] = []
         if features is not None:
+            zs, lgs = [], []
             for i in range(0, len(features), 1024):
                 z = head.embed({"pooled": features[i:i + 1024].to(self.device)})
                 zs.append(z.float().cpu())
-                lgs.append(head.fc(z).float().cpu())
+                lgs.append(head.classify(z).float().cpu())
             if not zs:
                 return np.zeros((0, head.embed_dim), np.float32), np.zeros((0, k), np.float32)
             return torch.cat(zs).numpy(), torch.cat(lgs).numpy()
@@ -163,45 +214,167 @@ class Trainer:
             z = head.embed(model.features(b.inputs))
             idx = b.indices.numpy()
             z_all[idx] = z.float().cpu().numpy()
-            lg_all[idx] = head.fc(z).float().cpu().numpy()
+            lg_all[idx] = head.classify(z).float().cpu().numpy()
         return z_all, lg_all
 
     def split_outputs(self, name: str, samples, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`outputs`, reading the backbone features of ``samples`` from the cache
-        (under ``name``) when ``use_cache``."""
-        feats = self.split_features(name, samples) if use_cache else None
+        """:meth:`outputs`, reading the backbone features of ``samples`` from the feature
+        store (under ``name``) when ``use_cache``."""
+        feats = self.features.get(name, samples) if use_cache else None
         return self.outputs(samples, features=feats)
 
     def logits(self, samples, *, features: torch.Tensor | None = None) -> np.ndarray:
         return self.outputs(samples, features=features)[1]
 
-    def evaluate(self, samples, *, use_cache: bool) -> dict[str, Any]:
-        feats = None
-        if use_cache:
-            feats = self.split_features("val" if samples is self._val else f"eval:{id(samples)}", samples)
+    def evaluate(self, samples, *, use_cache: bool | None = None) -> dict[str, Any]:
+        """Metrics of ``samples`` under the current weights; by default through cached
+        features exactly when :meth:`Features.usable` allows it after training."""
+        if use_cache is None:
+            use_cache = self.features.usable()
+        name = "val" if samples is self._val else f"eval:{id(samples)}"
+        feats = self.features.get(name, samples) if use_cache else None
         t0 = time.perf_counter()
         lg = self.logits(samples, features=feats)
         m = classification_metrics(lg, samples.labels, self.model.classes)
         self.timing["eval_s"] += time.perf_counter() - t0
         return m
 
-    # ------------------------------------------------------------------ training
-    def _set_trainable(self, stage) -> None:
+    def state_tensors(self, names) -> dict[str, torch.Tensor]:
+        sd = self.model.state_dict()
+        return {n: sd[n].detach().clone() for n in names}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` into the model (by state-dict name); backbone tensors among them
+        make the features computed so far stale."""
+        sd = self.model.state_dict()
+        with torch.no_grad():
+            for n, t in tensors.items():
+                sd[n].copy_(t)
+        if any(n.startswith("backbone.") for n in tensors):
+            self.features.backbone_changed()
+
+    def touched_names(self, stages, upto: int) -> list[str]:
+        """Every tensor that stages ``0..upto`` train (the head always, and the backbone's
+        BatchNorm statistics when a stage lets them update)."""
+        ids = {id(p) for s in stages[: upto + 1] for p in s.parameters()}
+        names = {n for n, p in self.model.named_parameters() if id(p) in ids}
+        names |= {n for n, _ in self.model.head.named_parameters(prefix="head")}
+        names |= {n for n, _ in self.model.head.named_buffers(prefix="head")}
+        if any(s.train_bn and not s.frozen_backbone for s in stages[: upto + 1]):
+            names |= {n for n, _ in self.model.named_buffers() if n.startswith("backbone.")}
+        return sorted(names)
+
+    # ------------------------------------------------------------------ domain pictures
+    @property
+    def snapshots(self) -> dict[str, tuple]:
+        return self._snapshots.taken if self._snapshots is not None else {}
+
+    def snapshot(self, name: str) -> None:
+        """Keep the representation of source validation and target samples under the
+        current weights (domain runs only), for the before / after figures."""
+        if self._snapshots is not None:
+            self._snapshots.take(self, name)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train, val, *, resume: bool = False, target=None, target_test=None,
+            target_labelled=None, callbacks: list[Callback] = ()) -> FitResult:
+        """Train on ``train``, choose on ``val``.
+
+        ``target``: unlabelled samples of the target domain (labels, if any, are dropped
+        here); ``target_test``: labelled target samples scored after every epoch for the
+        oracle column only; ``target_labelled``: the few target labels granted for training.
+        ``callbacks`` run after the engine's own.
+        """
+        state = self._start(train, val, target, target_test, target_labelled)
+        cbs = self._callbacks(state, resume, target is not None) + list(callbacks)
+        self._loop(state, _Fire(cbs, state))
+        return self._result(state)
+
+    def _start(self, train, val, target, target_test, target_labelled) -> FitState:
+        model = self.model.to(self.device)
+        self.strategy.check_backbone(model.backbone)
+        self.strategy.attach(model)
+        model.to(self.device)
+        self.processes.check_batch_size(self.cfg.batch_size)
+        self._val = val
+        data: dict[str, Any] = {"train": train, "val": val}
+        domain = None
+        if target is not None:
+            domain = DomainData.build(target, target_test, target_labelled, seed=self.cfg.seed)
+            data.update(domain.named())
+        elif self.strategy.uses_target:
+            raise ConfigError(f"strategy {self.strategy.name!r} adapts to a target domain: "
+                              "give the unlabelled target data (--target)")
+        self.select = self.cfg.selection(domain is not None)
+        stages = self.strategy.stages(model, self.cfg)
+        if not stages:
+            raise ConfigError(f"strategy {self.strategy.name!r} gave no training stage")
+        if domain is not None:
+            self._snapshots = Snapshots(domain, val, self.cfg.seed)
+        self._domain = domain
+        self.state = FitState(trainer=self, model=model, cfg=self.cfg, data=data, stages=stages,
+                              criterion=self.select, device=self.device, timing=self.timing)
+        return self.state
+
+    def _callbacks(self, state: FitState, resume: bool, has_target: bool) -> list[Callback]:
+        cbs: list[Callback] = [Timing(), ValidationScores()]
+        if has_target:
+            cbs.append(DomainScores(self._domain))
+        cbs += [BestEpoch(), EpochLog()]
+        if self.progress is not None:
+            cbs.append(Progress(self.progress))
+        if self.run_dir:
+            main = self.processes.is_main
+            cbs += [History(self.run_dir)] if main else []
+            cbs.append(Checkpoint(self.run_dir / "checkpoint", resume, writer=main))
+        if self._snapshots is not None:
+            cbs.append(self._snapshots)
+        return cbs
+
+    def _loop(self, state: FitState, fire: _Fire) -> None:
+        fire("on_fit_start")
+        while state.stage_index < len(state.stages):
+            self._enter_stage(state)
+            fire("on_stage_start")
+            while state.epoch < state.stage_epochs and not state.stop:
+                self._begin_epoch(state)
+                fire("on_epoch_start")
+                record = self._run_epoch(state, fire)
+                state.history.append(record)
+                fire("on_epoch_end", record)
+                state.epoch += 1
+            fire("on_stage_end")
+            state.stage_index += 1
+            state.epoch, state.stop, state.resumed_mid_stage = 0, False, False
+        fire("on_fit_end")
+
+    # ------------------------------------------------------------------ one stage
+    def _enter_stage(self, state: FitState) -> None:
+        stage = state.stage
         for p in self.model.parameters():
             p.requires_grad_(False)
         for p in stage.parameters():
             p.requires_grad_(True)
-
-    def _train_mode(self, stage) -> None:
-        self.model.train()
-        if stage.frozen_backbone:
-            self.model.backbone.eval()
-        elif not stage.train_bn:
-            for m in _bn_modules(self.model.backbone):
-                m.eval()
+        state.cached = self.features.usable(stage)
+        state.optimizer = self._optimizer(stage) if stage.groups else None
+        state.steps_per_epoch = max(1, math.ceil(len(state.data["train"]) / self.cfg.batch_size))
+        state.total_steps = state.steps_per_epoch * stage.epochs
+        warm = int(round(stage.warmup_epochs * state.steps_per_epoch))
+        state.scheduler = (build_scheduler(state.optimizer, state.total_steps, warm,
+                                           self.cfg.schedule) if state.optimizer else None)
+        state.candidates, state.solution = [], None
+        if stage.solve is not None:
+            t0 = time.perf_counter()
+            solution = stage.solve(state)
+            self.timing["train_s"] += time.perf_counter() - t0
+            state.candidates = list(solution.candidates) or [("fit", None)]
+            state.solution = dict(solution.info)
+        elif state.cached and state.epoch < stage.epochs:
+            self.features.get("train", state.data["train"])  # once, before the clock of epoch 1
+            self.features.get("val", state.data["val"])
 
     def _optimizer(self, stage) -> torch.optim.Optimizer:
-        groups = [{"params": [p for p in g.params], "lr": g.lr, "initial_lr": g.lr, "name": g.name}
+        groups = [{"params": list(g.params), "lr": g.lr, "initial_lr": g.lr, "name": g.name}
                   for g in stage.groups if g.params]
         wd = self.cfg.weight_decay
         if self.cfg.optimizer == "sgd":
@@ -211,388 +384,178 @@ class Trainer:
             return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=wd)
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=wd)
 
-    def _touched_names(self, stages, upto: int) -> list[str]:
-        ids = {id(p) for s in stages[: upto + 1] for p in s.parameters()}
-        names = {n for n, p in self.model.named_parameters() if id(p) in ids}
-        names |= {n for n, _ in self.model.head.named_parameters(prefix="head")}
-        names |= {n for n, _ in self.model.head.named_buffers(prefix="head")}
-        if any(s.train_bn and not s.frozen_backbone for s in stages[: upto + 1]):
-            names |= {n for n, _ in self.model.named_buffers() if n.startswith("backbone.")}
-        return sorted(names)
+    def _begin_epoch(self, state: FitState) -> None:
+        state.epoch_started = time.perf_counter()
+        state.epoch_seed = epoch_seed(self.cfg.seed, state.stage_index, state.epoch)
+        state.step = state.epoch * state.steps_per_epoch
+        torch.manual_seed(state.epoch_seed)
 
-    def _state(self, names) -> dict[str, torch.Tensor]:
-        sd = self.model.state_dict()
-        return {n: sd[n].detach().clone() for n in names}
+    def _run_epoch(self, state: FitState, fire: _Fire) -> dict[str, Any]:
+        stage = state.stage
+        record: dict[str, Any] = {"stage": stage.name, "epoch": len(state.history) + 1}
+        if stage.solve is not None:
+            label, apply = state.candidates[state.epoch]
+            if apply is not None:
+                apply(self.model)
+            return {**record, "train_loss": None, "lr": None, "seconds": 0.0, "setting": label}
+        train_loss, lr = self._train_batches(state, fire)
+        if not stage.frozen_backbone:
+            self.features.backbone_changed()
+        record.update(train_loss=train_loss, lr=lr)
+        if not stage.selectable:
+            record["selectable"] = False
+        return record
 
-    def _load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        sd = self.model.state_dict()
-        with torch.no_grad():
-            for n, t in tensors.items():
-                sd[n].copy_(t)
+    # ------------------------------------------------------------------ batches
+    def _train_mode(self, stage) -> None:
+        self.model.train()
+        if stage.frozen_backbone:
+            self.model.backbone.eval()
+        elif not stage.train_bn:
+            for m in batchnorm_layers(self.model.backbone):
+                m.eval()
 
-    def fit(self, train, val, *, resume: bool = False, target=None, target_test=None,
-            target_labelled=None) -> FitResult:
-        """Train on ``train``, choose on ``val``.
-
-        ``target``: unlabelled samples of the target domain (labels, if any, are dropped
-        here); ``target_test``: labelled target samples scored after every epoch for the
-        oracle column only; ``target_labelled``: the few target labels granted for training
-        (strategies that need them, e.g. TrAdaBoost, get them separately; the api adds them
-        to ``train`` for the others).
-        """
-        cfg = self.cfg
-        self._val = val
-        model = self.model.to(self.device)
-        self.strategy.check_backbone(model.backbone)
-        self.strategy.prepare(model)
-        model.to(self.device)
-        self.domain = DomainData.build(target, target_test, target_labelled, seed=cfg.seed) \
-            if target is not None else None
-        if self.domain is None and getattr(self.strategy, "uses_target", False):
-            raise ConfigError(f"strategy {self.strategy.name!r} adapts to a target domain: "
-                              "give the unlabelled target data (--target)")
-        self.select = cfg.selection(self.domain is not None)
-        stages = self.strategy.stages(model, cfg)
-        if not stages:
-            raise ConfigError(f"strategy {self.strategy.name!r} gave no training stage")
-        t_start = time.perf_counter()
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"key": None, "epoch": None, "stage": None, "state": None}
-        start_stage, start_epoch, bad_epochs = 0, 0, 0
-        ckpt = self.run_dir / "checkpoint" if self.run_dir else None
-        if resume and ckpt and (ckpt / "state.json").exists():
-            start_stage, start_epoch, bad_epochs, history, best = self._load_checkpoint(ckpt, stages)
-            self.log(f"resuming at stage {stages[start_stage].name!r}, epoch {start_epoch + 1}")
-
-        closed = None
-        # a closed-form strategy fits its last stage in closed form, after any SGD stages
-        sgd_stages = stages[:-1] if self.strategy.closed_form else stages
-        for si in range(start_stage, len(sgd_stages)):
-            stage = stages[si]
-            self._set_trainable(stage)
-            trainable = sum(p.numel() for p in stage.parameters())
-            total = sum(p.numel() for p in model.parameters())
-            self.log(f"stage {stage.name}: trainable {trainable:,} / {total:,} "
-                     f"({100 * trainable / max(total, 1):.1f}%), {stage.epochs} epochs"
-                     + ("" if self.cacheable(stage) else
-                        (" (backbone re-run every epoch: augmentation varies per epoch)"
-                         if stage.frozen_backbone and cfg.augment else "")))
-            first = start_epoch if si == start_stage else 0
-            opt = self._optimizer(stage) if stage.groups else None
-            if si == start_stage and first > 0 and opt is not None and ckpt:
-                opt.load_state_dict(load_state_tree(ckpt / "optimizer", self.device))
-            if si != start_stage:
-                bad_epochs = 0
-            steps_per_epoch = self._steps_per_epoch(stage, train)
-            total_steps = steps_per_epoch * stage.epochs
-            warm = int(round(stage.warmup_epochs * steps_per_epoch))
-            touched = self._touched_names(stages, si)
-            if self.cacheable(stage) and first < stage.epochs:
-                self.split_features("train", train)  # once, before the clock of epoch 1
-                self.split_features("val", val)
-            self._weights = self._instance_weights(stage, train)
-            stopped = False
-            for ep in range(first, stage.epochs):
-                if stopped:
-                    break
-                t0 = time.perf_counter()
-                seed = epoch_seed(cfg.seed, si, ep)
-                torch.manual_seed(seed)
-                train_loss = self._train_epoch(stage, opt, train, seed=seed,
-                                               step0=ep * steps_per_epoch,
-                                               total_steps=total_steps, warmup=warm)
-                self.timing["train_s"] += time.perf_counter() - t0
-                if not stage.frozen_backbone:
-                    self._backbone_changed()
-                rec, key, m = self._score_epoch(stage, val)
-                rec = {"stage": stage.name, "epoch": len(history) + 1, "train_loss": train_loss,
-                       **rec, **({} if stage.selectable else {"selectable": False}),
-                       "lr": opt.param_groups[-1]["lr"] if opt else None,
-                       "seconds": round(time.perf_counter() - t0, 3)}
-                history.append(rec)
-                improved = stage.selectable and _better(key, best["key"])
-                if improved:
-                    best = {"key": key, "epoch": rec["epoch"], "stage": stage.name,
-                            "state": self._state(touched), "metrics": m}
-                    bad_epochs = 0
-                elif stage.selectable:
-                    bad_epochs += 1
-                self.log(self._epoch_line(rec, stage, train_loss, improved))
-                if self.run_dir:
-                    self._write_history(history)
-                if cfg.patience and bad_epochs >= cfg.patience:
-                    self.log(f"  early stop: no improvement of {self.select} in {cfg.patience} epochs")
-                    stopped = True
-                if ckpt:
-                    done = stage.epochs if stopped else ep + 1
-                    self._save_checkpoint(ckpt, si, done, bad_epochs, history, best, touched, opt)
-            # the next stage starts from the best weights so far
-            if best["state"] is not None:
-                self._load_state(best["state"])
-                if not stage.frozen_backbone:
-                    self._backbone_changed()
-            self.strategy.stage_done(self, stage)
-
-        if self.strategy.closed_form:
-            stage = stages[-1]
-            self._set_trainable(stage)
-            x_tr = self.split_features("train", train)
-            x_va = self.split_features("val", val)
-            kw = {}
-            if getattr(self.strategy, "uses_target", False):
-                kw["x_target"] = self.split_features("target", self.domain.target)
-                if self.domain.labelled is not None:
-                    kw["x_target_labelled"] = self.split_features("target_labelled",
-                                                                  self.domain.labelled)
-                    kw["y_target_labelled"] = torch.as_tensor(self.domain.labelled.labels)
-            t0 = time.perf_counter()
-            closed = self.strategy.fit_closed_form(model, x_tr, torch.as_tensor(train.labels),
-                                                   x_va, torch.as_tensor(val.labels), cfg.seed,
-                                                   **kw)
-            self.timing["train_s"] += time.perf_counter() - t0
-            touched = self._touched_names(stages, len(stages) - 1)
-            # the closed-form settings compete among themselves (never with earlier stages)
-            candidates = (closed or {}).pop("candidates", None) or [("fit", None)]
-            best = {"key": None, "epoch": None, "stage": None, "state": None}
-            for label, apply in candidates:
-                if apply is not None:
-                    apply(model)
-                rec, key, m = self._score_epoch(stage, val)
-                rec = {"stage": stage.name, "epoch": len(history) + 1, "train_loss": None,
-                       **rec, "lr": None, "seconds": 0.0, "setting": label}
-                history.append(rec)
-                improved = _better(key, best["key"])
-                if improved:
-                    best = {"key": key, "epoch": rec["epoch"], "stage": stage.name,
-                            "state": self._state(touched), "metrics": m, "setting": label}
-                self.log(self._epoch_line(rec, stage, None, improved) + f"  [{label}]")
-            if closed is not None and len(candidates) > 1:
-                closed["chosen"] = best["setting"]
-            if best["state"] is not None:
-                self._load_state(best["state"])
-        touched = self._touched_names(stages, len(stages) - 1)
-        if best["state"] is not None:
-            self._load_state(best["state"])
-        self.timing["total_s"] = time.perf_counter() - t_start
-        self.timing["features_computed_s"] = self.cache.compute_s
-        trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(touched))
-        total = sum(p.numel() for p in model.parameters())
-        if self.run_dir:
-            self._write_history(history)
-        selection = None
-        if self.domain is not None:
-            from .domain import summarize_selection
-
-            selection = summarize_selection(history, self.select, best["epoch"])
-        return FitResult(best_epoch=best["epoch"], best_stage=best["stage"], history=history,
-                         val=best.get("metrics"), timing=dict(self.timing),
-                         trainable_params=trainable, total_params=total, closed_form=closed,
-                         touched=touched, selection=selection)
-
-    # ------------------------------------------------------------------ domain pictures
-    SNAPSHOT_SAMPLES = 300
-
-    def snapshot(self, name: str) -> None:
-        """Keep the representation of (at most 300) source validation and target samples
-        under the current weights, for the before / after figures of a domain run."""
-        if self.domain is None or self._val is None:
-            return
-        val, tgt = self._val, self.domain.scoring
-        rng = np.random.default_rng(self.cfg.seed)
-        if len(val) > self.SNAPSHOT_SAMPLES:
-            val = val.subset(sorted(rng.choice(len(val), self.SNAPSHOT_SAMPLES, replace=False).tolist()))
-        if len(tgt) > self.SNAPSHOT_SAMPLES:
-            tgt = tgt.subset(sorted(rng.choice(len(tgt), self.SNAPSHOT_SAMPLES, replace=False).tolist()))
-        use_cache = self.model.features_fn is None and self.model.head.kind != "bilstm"
-        z_s, _ = self.split_outputs(f"snap_val_{name}", val, use_cache)
-        z_t, _ = self.split_outputs(f"snap_tgt_{name}", tgt, use_cache)
-        self.snapshots[name] = (z_s, z_t, np.asarray(val.labels))
-
-    # ------------------------------------------------------------------ per-epoch scores
-    def _score_epoch(self, stage, val):
-        """Validation metrics, the domain scores when there is a target, and the key by which
-        this epoch competes under the selection criterion."""
-        use_cache = self.cacheable(stage)
-        if self.domain is None:
-            m = self.evaluate(val, use_cache=use_cache)
-            domain_scores = {}
-        else:
-            t0 = time.perf_counter()
-            z_v, lg_v = self.split_outputs("val", val, use_cache)  # one pass serves both
-            m = classification_metrics(lg_v, val.labels, self.model.classes)
-            domain_scores = self.domain.scores(self, z_v, lg_v, val.labels, use_cache=use_cache)
-            self.timing["eval_s"] += time.perf_counter() - t0
-        rec = {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
-               **domain_scores}
-        return rec, selection_key(self.select, rec), m
-
-    def _epoch_line(self, rec, stage, train_loss, improved) -> str:
-        line = (f"  epoch {rec['epoch']:3d} [{stage.name}] "
-                + (f"train loss {train_loss:.4f}  " if train_loss is not None else "")
-                + f"val loss {rec['val_loss']:.4f}  val acc {rec['val_accuracy']:.4f}")
-        if "target_entropy" in rec:
-            line += f"  tgt entropy {rec['target_entropy']:.3f}  dev {rec['dev_risk']:.3f}"
-        if rec.get("oracle_target_accuracy") is not None:
-            line += f"  (oracle tgt acc {rec['oracle_target_accuracy']:.4f})"
-        return line + ("  *" if improved else "")
-
-    def _instance_weights(self, stage, train) -> torch.Tensor | None:
-        if not getattr(stage, "weighted", False):
-            return None
-        x_s = self.split_features("train", train)
-        x_t = self.split_features("target", self.domain.target)
-        w = self.strategy.instance_weights(x_s, x_t, self.cfg.seed)
-        w = torch.as_tensor(np.asarray(w, dtype=np.float32))
-        self.log(f"  instance weights: mean {float(w.mean()):.3f}, min {float(w.min()):.3f}, "
-                 f"max {float(w.max()):.3f}, effective sample size "
-                 f"{float(w.sum() ** 2 / (w ** 2).sum()):.0f} / {len(w)}")
-        return w
-
-    def _steps_per_epoch(self, stage, train) -> int:
-        return max(1, math.ceil(len(train) / self.cfg.batch_size))
-
-    def _train_epoch(self, stage, opt, train, *, seed: int, step0: int, total_steps: int,
-                     warmup: int) -> float:
-        cfg = self.cfg
-        model = self.model
+    def _train_batches(self, state: FitState, fire: _Fire) -> tuple[float, float | None]:
+        cfg, stage, opt = self.cfg, state.stage, state.optimizer
         self._train_mode(stage)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
-        use_cache = self.cacheable(stage)
-        if use_cache:
-            feats = self.split_features("train", train)
-            y_all = torch.as_tensor(train.labels)
-            g = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(train), generator=g)
-            batches = (({"pooled": feats[idx].to(self.device)}, y_all[idx].to(self.device), idx)
-                       for idx in order.split(cfg.batch_size))
-        else:
-            batches = ((b.inputs, b.labels, b.indices) for b in
-                       self.pipeline.batches(train, batch_size=cfg.batch_size, train=True,
-                                             shuffle=True, seed=seed))
-        targets = self._target_batches(stage, use_cache, seed) if stage.domain else None
-        total, count, step = 0.0, 0, step0
         params = stage.parameters()
-        task = None
-        if self.progress is not None and not use_cache:
-            task = self.progress.add_task(f"train [{stage.name}]",
-                                          total=self._steps_per_epoch(stage, train))
-        for inputs, y, idx in batches:
-            f = lr_factor(step, total_steps, warmup, cfg.schedule)
-            for g_ in opt.param_groups:
-                g_["lr"] = g_["initial_lr"] * f
-            x_t = next(targets) if targets is not None else None
-            feats_b, feats_t = self._forward_features(stage, inputs, x_t, use_cache)
-            z = model.head.embed(feats_b)
-            logits = model.head.fc(model.head.dropout(z))
-            per = loss_fn(logits, y)
-            if self._weights is not None:
-                w = self._weights[idx].to(per.device)
-                loss = (per * w).sum() / w.sum().clamp_min(1e-12)
-            else:
-                loss = per.mean()
-            for name, term in self.strategy.loss_terms(model, feats_b, logits, y).items():
+        total, count, lr = 0.0, 0, None
+        for batch in self._batches(state):
+            batch.progress = min(1.0, state.step / max(1, state.total_steps))
+            n = len(batch.labels)
+            loss = self._batch_loss(batch, loss_fn, fire, state) if n else None
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                if loss is not None:
+                    loss.backward()
+                self.processes.average_gradients(params, n)
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                lr = opt.param_groups[-1]["lr"]
+                state.scheduler.step()
+            if loss is not None:
+                total += float(loss.detach()) * n
+                count += n
+            state.step += 1
+        total, count = self.processes.sum(total, count)
+        return total / max(count, 1), lr
+
+    def _batch_loss(self, batch: Batch, loss_fn, fire: _Fire, state: FitState) -> torch.Tensor:
+        """The task loss of one batch plus every loss term a callback adds."""
+        fire("on_batch_start", batch)
+        self._forward(state.stage, batch, state.cached)
+        per = loss_fn(batch.logits, batch.labels)
+        if batch.weights is not None:
+            w = batch.weights.to(per.device)
+            loss = (per * w).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = per.mean()
+        for terms in fire("on_batch", batch):
+            for term in (terms or {}).values():
                 loss = loss + term
-            if feats_t is not None:
-                z_t = model.head.embed(feats_t)
-                logits_t = model.head.fc(model.head.dropout(z_t))
-                progress = min(1.0, step / max(1, total_steps))
-                terms = self.strategy.domain_terms(
-                    model, {"embed": z, "logits": logits, "labels": y},
-                    {"embed": z_t, "logits": logits_t}, progress)
-                for name, term in terms.items():
-                    loss = loss + term
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            step += 1
-            if task is not None:
-                self.progress.advance(task)
-        if task is not None:
-            self.progress.remove_task(task)
-        return total / max(count, 1)
+        return loss
 
-    def _forward_features(self, stage, inputs, x_t, use_cache):
-        """Backbone features of a source batch (and of a target batch, if any).  When the
-        backbone trains, image batches of both domains go through it together, so that
-        BatchNorm sees one joint batch (as DANN does)."""
-        model = self.model
-        if use_cache:
-            return inputs, x_t
-        if stage.frozen_backbone and model.features_fn is None:
-            with torch.no_grad():
-                return model.backbone(inputs), (model.backbone(x_t) if x_t is not None else None)
-        if x_t is None:
-            return model.features(inputs), None
-        if isinstance(inputs, torch.Tensor) and isinstance(x_t, torch.Tensor):
-            n = len(inputs)
-            both = model.features(torch.cat([inputs, x_t]))
-            return ({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
-        return model.features(inputs), model.features(x_t)
+    def _batches(self, state: FitState):
+        """This process's share of every batch of the epoch (all of it, alone)."""
+        train, bs = state.data["train"], self.cfg.batch_size
+        if state.cached:
+            feats = state.features("train")
+            y_all = torch.as_tensor(train.labels)
+            g = torch.Generator().manual_seed(state.epoch_seed)
+            order = torch.randperm(len(train), generator=g)
+            for idx in order.split(bs):
+                idx = self.processes.share(idx)
+                yield Batch({"pooled": feats[idx].to(self.device)}, y_all[idx].to(self.device), idx)
+            return
+        for inputs, labels, idx in self._live_batches(train, state.epoch_seed):
+            yield Batch(inputs, labels, idx)
 
-    def _target_batches(self, stage, use_cache: bool, seed: int):
-        """An endless stream of unlabelled target batches (reshuffled each pass)."""
-        target = self.domain.target
-        bs = self.cfg.batch_size
+    def _live_batches(self, samples, seed: int):
+        """Decoded training batches of ``samples`` in the order of ``seed``: ``(inputs, labels,
+        indices)``; in a data-parallel run this process's share of each (``inputs`` is
+        ``None`` when its share of a last, short batch is empty)."""
+        bs, proc = self.cfg.batch_size, self.processes
+        if proc.world == 1:
+            for b in self.pipeline.batches(samples, batch_size=bs, train=True, shuffle=True,
+                                           seed=seed):
+                yield b.inputs, b.labels, b.indices
+            return
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+        shares = [proc.share(idx) for idx in order.split(bs)]
+        mine = torch.cat(shares)
+        loader = self.pipeline.batches(samples.subset(mine.tolist()),
+                                       batch_size=max(1, len(shares[0])), train=True,
+                                       shuffle=False, seed=seed, keep_order=True)
+        for share in shares:
+            if len(share) == 0:
+                yield None, torch.zeros(0, dtype=torch.long, device=self.device), share
+                continue
+            b = next(loader)
+            yield b.inputs, b.labels, mine[b.indices]
+
+    def stream(self, state: FitState, name: str):
+        """An endless stream of batches of the named sample set ``name`` (labels unused),
+        reshuffled on every pass, as the current stage feeds the model (cached features or
+        live inputs); batches of one sample are skipped.  Strategies' callbacks put them in
+        ``Batch.streams``."""
+        samples, bs = state.data[name], self.cfg.batch_size
         k = 0
         while True:
             k += 1
-            s = epoch_seed(seed, 7, k)
-            if use_cache:
-                feats = self.split_features("target", target)
-                order = torch.randperm(len(target), generator=torch.Generator().manual_seed(s))
+            s = epoch_seed(state.epoch_seed, 7, k)
+            if state.cached:
+                feats = state.features(name)
+                order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(s))
                 for idx in order.split(bs):
+                    idx = self.processes.share(idx)
                     if len(idx) > 1:
                         yield {"pooled": feats[idx].to(self.device)}
             else:
-                for b in self.pipeline.batches(target, batch_size=bs, train=True, shuffle=True,
-                                               seed=s):
-                    if len(b.indices) > 1:
-                        yield b.inputs
+                for inputs, _, idx in self._live_batches(samples, s):
+                    if len(idx) > 1:
+                        yield inputs
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, ckpt: Path, stage: int, epoch: int, bad_epochs: int, history,
-                         best, touched, opt) -> None:
-        save_tensors(ckpt / "model.safetensors", self._state(touched))
-        if best["state"] is not None:
-            save_tensors(ckpt / "best.safetensors", best["state"])
-        if opt is not None:
-            save_state_tree(ckpt / "optimizer", opt.state_dict())
-        write_json(ckpt / "state.json", {
-            "stage": stage, "epoch": epoch, "bad_epochs": bad_epochs, "history": history,
-            "best": {"key": list(best["key"]) if best["key"] else None, "epoch": best["epoch"],
-                     "stage": best["stage"],
-                     "metrics": best.get("metrics")},
-        })
+    def _forward(self, stage, batch: Batch, cached: bool) -> None:
+        feats, streams = self._forward_features(stage, batch.inputs, batch.streams, cached)
+        head = self.model.head
+        batch.embed = head.embed(feats)
+        batch.logits = head.classify(batch.embed)
+        for name, f in streams.items():
+            z = head.embed(f)
+            batch.outputs[name] = {"embed": z, "logits": head.classify(z)}
 
-    def _load_checkpoint(self, ckpt: Path, stages):
-        from safetensors.torch import load_file
+    def _forward_features(self, stage, inputs, streams: dict, cached: bool):
+        """Backbone features of a batch and of its streams.  When the backbone trains, image
+        batches of all of them go through it together, so that BatchNorm sees one joint
+        batch (what domain-adversarial training expects)."""
+        model = self.model
+        if cached:
+            return inputs, streams
+        if stage.frozen_backbone and model.feature_module is None:
+            with torch.no_grad():
+                return model.backbone(inputs), {k: model.backbone(v) for k, v in streams.items()}
+        if not streams:
+            return model.features(inputs), {}
+        parts = [inputs, *streams.values()]
+        if all(isinstance(x, torch.Tensor) for x in parts):
+            both = model.features(torch.cat(parts))
+            cuts = np.cumsum([0] + [len(x) for x in parts]).tolist()
+            split = [{k: v[a:b] for k, v in both.items()} for a, b in zip(cuts, cuts[1:])]
+            return split[0], dict(zip(streams, split[1:]))
+        return model.features(inputs), {k: model.features(v) for k, v in streams.items()}
 
-        st = json.loads((ckpt / "state.json").read_text())
-        self._load_state(load_file(str(ckpt / "model.safetensors")))
-        best = {"key": tuple(st["best"]["key"]) if st["best"]["key"] else None,
-                "epoch": st["best"]["epoch"], "stage": st["best"]["stage"],
-                "metrics": st["best"].get("metrics"), "state": None}
-        if (ckpt / "best.safetensors").exists():
-            best["state"] = load_file(str(ckpt / "best.safetensors"))
-        stage, epoch = st["stage"], st["epoch"]
-        for s in stages[:stage]:
-            self._set_trainable(s)
-        if epoch >= stages[stage].epochs:
-            # that stage had finished: start the next from the best weights, as a full run does
-            if best["state"] is not None:
-                self._load_state(best["state"])
-            stage, epoch = stage + 1, 0
-        return stage, epoch, st["bad_epochs"], st["history"], best
-
-    def _write_history(self, history) -> None:
-        cols = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
-        extra = ["setting", "target_entropy", "dev_risk", "iw_val_accuracy",
-                 "oracle_target_accuracy"]
-        cols += [c for c in extra if any(h.get(c) is not None for h in history)]
-        lines = [",".join(cols)] + [",".join("" if h.get(c) is None else str(h.get(c)) for c in cols)
-                                    for h in history]
-        write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
+    # ------------------------------------------------------------------ result
+    def _result(self, state: FitState) -> FitResult:
+        touched = self.touched_names(state.stages, len(state.stages) - 1)
+        keep = set(touched)
+        trainable = sum(p.numel() for n, p in self.model.named_parameters() if n in keep)
+        total = sum(p.numel() for p in self.model.parameters())
+        selection = None
+        if self._domain is not None:
+            selection = summarize_selection(state.history, self.select, state.best.epoch)
+        return FitResult(best_epoch=state.best.epoch, best_stage=state.best.stage,
+                         history=state.history, val=state.best.metrics, timing=dict(self.timing),
+                         trainable_params=trainable, total_params=total,
+                         closed_form=state.solution, touched=touched, selection=selection)

@@ -1,24 +1,27 @@
-"""What a strategy is: which parameters train, in which stages, with which learning rates.
+"""What a strategy is: the modules it adds, which parameters train in which stages, and
+the callbacks and closed-form solvers of its stages.
 
-A strategy never owns a training loop and never reads files.  It may
+A strategy never owns a training loop and never reads files.  Its whole interface:
 
-* add modules to the model (``prepare``: adapters, prompts, ...);
-* say which parameters train in each :class:`Stage`, with their learning rates;
-* add loss terms (``loss_terms``) that the engine adds to the classification loss;
-* or, when ``closed_form`` is true, fit the head directly on cached features
-  (``fit_closed_form``), as a logistic-regression probe does.
+* its options (a dataclass: unknown or ill-typed options are refused with a clear message),
+  ``validate()`` and ``check_backbone(backbone)``;
+* ``attach(model)``: add its modules to the model (``model.attach(name, module)``: real
+  submodules, so ``state_dict`` and the bundle see them; one may compute the features in
+  place of the backbone);
+* ``stages(model, train)``: the :class:`Stage` list, each with its parameter groups and
+  learning rates, and optionally its own callbacks (:class:`transferkit.events.Callback`:
+  loss terms, extra data streams, per-sample weights) or a closed-form ``solve``;
+* ``save_extra(model, folder)``: files beside the bundle (e.g. adapters in PEFT's format).
 
-Strategies are registered by name with :func:`register_strategy`; each carries its options as
-a dataclass, so unknown or ill-typed options are refused with a clear message.
+Strategies are registered by name with :func:`register_strategy`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -29,6 +32,17 @@ class ParamGroup:
     name: str
     params: list[nn.Parameter]
     lr: float
+
+
+@dataclass
+class Solution:
+    """What a closed-form ``Stage.solve`` returns: the settings to choose among, each a
+    ``(label, apply(model))`` (the engine applies and scores each like an epoch and keeps the
+    best under the run's selection criterion), and figures to report (``closed_form`` in
+    ``metrics.json``)."""
+
+    candidates: list[tuple[str, Callable[[nn.Module], None] | None]]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,11 +63,14 @@ class Stage:
     #: whether an epoch of this stage may be chosen as the best one (False for stages that
     #: do not train the classifier, such as unsupervised pre-tuning)
     selectable: bool = True
-    #: draw an unlabelled target batch beside every source batch and add the strategy's
-    #: ``domain_terms`` (domain adaptation)
-    domain: bool = False
-    #: weight each source sample's loss by the strategy's ``instance_weights``
-    weighted: bool = False
+    #: the strategy's own callbacks, active while this stage runs (loss terms, streams, weights)
+    callbacks: list = field(default_factory=list)
+    #: fit in closed form instead of epochs of SGD: ``solve(state) -> Solution`` (``state``:
+    #: the loop's state; ``state.features("train")`` etc. give cached features)
+    solve: Callable[[Any], Solution] | None = None
+    #: keep the representation under this name at the end of the stage (domain runs' before /
+    #: after pictures)
+    snapshot: str | None = None
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.params]
@@ -107,22 +124,19 @@ class Strategy:
     name: ClassVar[str] = "?"
     description: ClassVar[str] = ""
     options_cls: ClassVar[type[Options]] = Options
-    #: fits the head in closed form on cached features instead of epochs of SGD
-    closed_form: ClassVar[bool] = False
     #: head kind used when the user leaves the head on ``auto``
     default_head: ClassVar[str | None] = None
-    #: adapts to a target domain: needs unlabelled target data (``--target``)
+    #: what the data must hold besides labelled training data: unlabelled target-domain
+    #: data (``--target``), and a few labelled target samples (``--target-labels N``)
     uses_target: ClassVar[bool] = False
-    #: needs a few labelled target samples too (``--target-labels N``)
     needs_target_labels: ClassVar[bool] = False
+    #: whether the backbone's own pretrained tensors change in training: "none" (frozen;
+    #: added modules may train), "some" (a named subset), "all"
+    trains_backbone: ClassVar[str] = "none"
 
     def __init__(self, **options: Any):
         self.options = self.options_cls.parse(self.name, options)
         self.validate()
-
-    #: whether the backbone's own pretrained tensors change in training: "none" (frozen;
-    #: added modules may train), "some" (a named subset), "all"
-    trains_backbone: ClassVar[str] = "none"
 
     def validate(self) -> None:
         """Refuse impossible option values (raise ConfigError)."""
@@ -137,39 +151,12 @@ class Strategy:
     def check_backbone(self, backbone) -> None:
         """Refuse a backbone this strategy cannot work with (raise ConfigError)."""
 
-    # -- hooks -------------------------------------------------------------------------
-    def prepare(self, model: nn.Module) -> None:
-        """Add modules to ``model`` before training (and again before loading a bundle)."""
+    def attach(self, model: nn.Module) -> None:
+        """Add this strategy's modules to ``model`` with ``model.attach(name, module)``:
+        before training, and again before a bundle's tensors are loaded."""
 
     def stages(self, model: nn.Module, train: Any) -> list[Stage]:  # pragma: no cover
         raise NotImplementedError
-
-    def loss_terms(self, model: nn.Module, feats: dict[str, torch.Tensor],
-                   logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-    def fit_closed_form(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                        x_val: torch.Tensor, y_val: torch.Tensor, seed: int,
-                        **target: torch.Tensor) -> dict[str, Any]:
-        """Fit the head on cached features.  Strategies that use a target domain also get
-        ``x_target`` (and ``x_target_labelled`` / ``y_target_labelled`` when granted).  The
-        returned dict may hold ``candidates``: ``[(label, apply(model))]`` settings among
-        which the engine chooses with its selection criterion."""
-        raise NotImplementedError  # pragma: no cover
-
-    def domain_terms(self, model: nn.Module, source: dict[str, torch.Tensor],
-                     target: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
-        """Loss terms of a stage with ``domain=True``.  ``source`` holds ``embed`` (what the
-        classifier's last layer reads), ``logits`` and ``labels``; ``target`` holds ``embed``
-        and ``logits``; ``progress`` runs from 0 to 1 over the stage."""
-        return {}
-
-    def instance_weights(self, x_source: torch.Tensor, x_target: torch.Tensor, seed: int):
-        """Per-source-sample loss weights for a stage with ``weighted=True``."""
-        raise NotImplementedError  # pragma: no cover
-
-    def stage_done(self, trainer, stage: Stage) -> None:
-        """Called after each SGD stage (e.g. to take a snapshot of the representation)."""
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..events import Callback
 from .base import (Options, ParamGroup, Stage, Strategy, default_backbone_lr, head_params,
                    register_strategy)
 
@@ -47,7 +48,7 @@ class DeepOptions(Options):
 
 
 def _tunes_backbone(opts, model) -> bool:
-    if not getattr(model.backbone, "pretrained", True):
+    if not model.backbone.pretrained:
         return True
     return bool(opts.tune_backbone)
 
@@ -55,16 +56,17 @@ def _tunes_backbone(opts, model) -> bool:
 def _backbone_lr(opts, model, train) -> float:
     if opts.backbone_lr is not None:
         return opts.backbone_lr
-    if not getattr(model.backbone, "pretrained", True):
+    if not model.backbone.pretrained:
         return train.lr if train.lr is not None else 1e-3
     return train.lr if train.lr is not None else default_backbone_lr(model)
 
 
 def source_stage(name: str, epochs: int, opts, model, train, extra=(), *,
-                 selectable: bool = True) -> Stage:
+                 selectable: bool = True, snapshot: str | None = None) -> Stage:
     """One stage that trains the head (and the backbone when it tunes) on the source.
     ``selectable=False`` for a warm-up before adaptation: its epochs are not candidates,
-    the method's choice is among adapted models."""
+    the method's choice is among adapted models.  ``snapshot="before"`` keeps the
+    representation at the end of the stage: the "before adaptation" picture."""
     tune = _tunes_backbone(opts, model)
     groups = []
     if tune:
@@ -74,7 +76,27 @@ def source_stage(name: str, epochs: int, opts, model, train, extra=(), *,
     groups.extend(extra)
     return Stage(name, epochs, groups, frozen_backbone=not tune, train_bn=tune,
                  warmup_epochs=train.warmup_epochs if name == "source" else 0.0,
-                 selectable=selectable)
+                 selectable=selectable, snapshot=snapshot)
+
+
+class TargetStream(Callback):
+    """Puts an unlabelled target batch beside every source batch (forwarded with it) and
+    adds the strategy's domain loss on the two representations."""
+
+    def __init__(self, strategy: "DomainStrategy"):
+        self.strategy = strategy
+        self._batches = None
+
+    def on_epoch_start(self, state) -> None:
+        self._batches = state.stream("target")
+
+    def on_batch_start(self, state, batch) -> None:
+        batch.streams["target"] = next(self._batches)
+
+    def on_batch(self, state, batch):
+        source = {"embed": batch.embed, "logits": batch.logits, "labels": batch.labels}
+        return self.strategy.domain_terms(state.model, source, batch.outputs["target"],
+                                          batch.progress)
 
 
 class DomainStrategy(Strategy):
@@ -88,9 +110,12 @@ class DomainStrategy(Strategy):
             raise ConfigError(f"{self.name}: needs a backbone with pooled features; "
                               f"{backbone.name!r} gives token vectors only")
 
-    def stage_done(self, trainer, stage) -> None:
-        if stage.name == "source":
-            trainer.snapshot("before")
+    def domain_terms(self, model: nn.Module, source: dict[str, torch.Tensor],
+                     target: dict[str, torch.Tensor], progress: float) -> dict[str, torch.Tensor]:
+        """Loss terms of the adaptation stage.  ``source`` holds ``embed`` (what the
+        classifier's last layer reads), ``logits`` and ``labels``; ``target`` holds ``embed``
+        and ``logits``; ``progress`` runs from 0 to 1 over the stage."""
+        return {}
 
 
 class _Deep(DomainStrategy):
@@ -116,11 +141,12 @@ class _Deep(DomainStrategy):
         o = self.options
         out = []
         if o.source_epochs > 0:
-            out.append(source_stage("source", o.source_epochs, o, model, train, selectable=False))
+            out.append(source_stage("source", o.source_epochs, o, model, train, selectable=False,
+                                    snapshot="before"))
         extra = self.adapt_modules(model)
         st = source_stage("adapt", train.epochs, o, model, train,
                           [ParamGroup("domain", extra, o.head_lr)] if extra else ())
-        st.domain = True
+        st.callbacks.append(TargetStream(self))
         out.append(st)
         return out
 
@@ -135,9 +161,6 @@ class SourceOnly(_Deep):
     def stages(self, model, train):
         o = self.options
         return [source_stage("source", o.source_epochs + train.epochs, o, model, train)]
-
-    def stage_done(self, trainer, stage) -> None:
-        pass
 
 
 @dataclass
@@ -160,12 +183,12 @@ class Dann(_Deep):
     def disc_input(self, model) -> int:
         return model.head.embed_dim
 
-    def prepare(self, model) -> None:
+    def attach(self, model) -> None:
         from ..domain import DomainDiscriminator
 
-        if not hasattr(model, "domain_disc"):
-            model.domain_disc = DomainDiscriminator(self.disc_input(model),
-                                                    hidden=self.options.disc_hidden)
+        if model.attached("domain_disc") is None:
+            model.attach("domain_disc", DomainDiscriminator(self.disc_input(model),
+                                                            hidden=self.options.disc_hidden))
 
     def adapt_modules(self, model):
         return list(model.domain_disc.parameters())

@@ -30,15 +30,17 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import Options, ParamGroup, Stage, head_params, register_strategy
+from ..events import Callback
+from .base import Options, ParamGroup, Solution, Stage, head_params, register_strategy
 from .domain import DeepOptions, DomainStrategy, source_stage
 from .linear import fit_logreg
 
 
 def _pre_stages(opts, model, train) -> list[Stage]:
-    if getattr(model.backbone, "pretrained", True):
+    if model.backbone.pretrained:
         return []
-    return [source_stage("source", opts.source_epochs, opts, model, train, selectable=False)]
+    return [source_stage("source", opts.source_epochs, opts, model, train, selectable=False,
+                         snapshot="before")]
 
 
 def _standardiser(*xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,10 +50,7 @@ def _standardiser(*xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _setter(weight: np.ndarray, bias: np.ndarray):
     def apply(model) -> None:
-        fc = model.head.fc
-        with torch.no_grad():
-            fc.weight.copy_(torch.from_numpy(weight).to(fc.weight.dtype))
-            fc.bias.copy_(torch.from_numpy(bias).to(fc.bias.dtype))
+        model.head.set_linear(weight, bias)
     return apply
 
 
@@ -72,7 +71,9 @@ class FeatureOptions(Options):
 
 
 class _Features(DomainStrategy):
-    closed_form = True
+    """Fitted in closed form on frozen features; a small grid of settings competes under the
+    run's label-free criterion."""
+
     default_head = "linear"
 
     def validate(self) -> None:
@@ -81,7 +82,18 @@ class _Features(DomainStrategy):
             raise ConfigError(f"{self.name}: source_epochs must be >= 0")
 
     def stages(self, model, train):
-        return _pre_stages(self.options, model, train) + [Stage("fit", 0, [], frozen_backbone=True)]
+        return _pre_stages(self.options, model, train) + [
+            Stage("fit", 0, [], frozen_backbone=True, solve=self.solve)]
+
+    def solve(self, state) -> Solution:
+        kw = {"x_target": state.features("target")}
+        if state.has("target_labelled"):
+            kw["x_target_labelled"] = state.features("target_labelled")
+            kw["y_target_labelled"] = state.labels("target_labelled")
+        info = self.fit_closed_form(state.model, state.features("train"), state.labels("train"),
+                                    state.features("val"), state.labels("val"), state.cfg.seed,
+                                    **kw)
+        return Solution(info.pop("candidates"), info)
 
     def _Cs(self) -> list[float]:
         return [self.options.C] if self.options.C is not None else [0.01, 0.1, 1.0]
@@ -190,7 +202,7 @@ class Importance(DomainStrategy):
     def stages(self, model, train):
         o = self.options
         st = Stage("weighted", train.epochs, [ParamGroup("head", head_params(model), o.head_lr)],
-                   frozen_backbone=True, weighted=True)
+                   frozen_backbone=True, callbacks=[InstanceWeights(self)])
         return _pre_stages(o, model, train) + [st]
 
     def instance_weights(self, x_source, x_target, seed):
@@ -202,6 +214,27 @@ class Importance(DomainStrategy):
         if self.options.method == "kmm":
             return kmm_weights(xs, xt)
         return domain_classifier_weights(xs, xt, seed=seed)
+
+
+class InstanceWeights(Callback):
+    """Weights every source sample's loss by the strategy's density-ratio estimate, computed
+    on the cached features of the source and the target at the start of the stage."""
+
+    def __init__(self, strategy: Importance):
+        self.strategy = strategy
+        self.weights: torch.Tensor | None = None
+
+    def on_stage_start(self, state) -> None:
+        w = self.strategy.instance_weights(state.features("train"), state.features("target"),
+                                           state.cfg.seed)
+        w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+        state.log(f"  instance weights: mean {float(w.mean()):.3f}, min {float(w.min()):.3f}, "
+                  f"max {float(w.max()):.3f}, effective sample size "
+                  f"{float(w.sum() ** 2 / (w ** 2).sum()):.0f} / {len(w)}")
+        self.weights = w
+
+    def on_batch_start(self, state, batch) -> None:
+        batch.weights = self.weights[batch.indices]
 
 
 @dataclass

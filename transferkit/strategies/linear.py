@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
-from .base import Options, Stage, Strategy, register_strategy
+from .base import Options, Solution, Stage, Strategy, register_strategy
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -50,7 +49,6 @@ class Linear(Strategy):
     name = "linear"
     description = "logistic regression (scikit-learn) on frozen features; C chosen on validation"
     options_cls = LinearOptions
-    closed_form = True
     default_head = "linear"
 
     def validate(self) -> None:
@@ -58,9 +56,13 @@ class Linear(Strategy):
             raise ConfigError(f"linear: C must be > 0, got {self.options.C}")
 
     def stages(self, model, train):
-        return [Stage("probe", 0, [], frozen_backbone=True)]
+        return [Stage("probe", 0, [], frozen_backbone=True, solve=self.solve)]
 
-    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed):
+    def solve(self, state) -> Solution:
+        return self.fit_closed_form(state.model, state.features("train"), state.labels("train"),
+                                    state.features("val"), state.labels("val"), state.cfg.seed)
+
+    def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed) -> Solution:
         from scipy.special import softmax
         from sklearn.metrics import accuracy_score, log_loss
 
@@ -89,7 +91,4 @@ class Linear(Strategy):
         # fold standardisation: w.(x-mu)/sd + b  ==  (w/sd).x + (b - w.mu/sd)
         w = coef / sd
         b = bias - coef @ (mu / sd)
-        with torch.no_grad():
-            model.head.fc.weight.copy_(torch.from_numpy(w).to(model.head.fc.weight.dtype))
-            model.head.fc.bias.copy_(torch.from_numpy(b).to(model.head.fc.bias.dtype))
-        return {"C": c, "grid": tried}
+        return Solution([("fit", lambda m: m.head.set_linear(w, b))], {"C": c, "grid": tried})

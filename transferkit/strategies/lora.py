@@ -1,6 +1,6 @@
 """``lora``: low-rank adapters (PEFT's LoRA) beside frozen backbone weights, plus a new head.
 
-``prepare`` injects LoRA layers into the backbone's own model (``backbone.model``: the timm or
+``attach`` injects LoRA layers into the backbone's own model (``backbone.model``: the timm or
 transformers module; the backbone itself when it has none) with
 ``peft.inject_adapter_in_model``, under a fixed seed, so that preparing a fresh backbone again
 (when a bundle is loaded) gives the same module names.  Each adapted layer keeps its original
@@ -364,12 +364,12 @@ class Lora(Strategy):
                           # name merely ends in one of them
                           exclude_modules=_exact(plan.exclude))
 
-    def prepare(self, model) -> None:
+    def attach(self, model) -> None:
         from peft import inject_adapter_in_model
 
         root = adapter_root(model.backbone)
         if lora_modules(root):
-            return  # adapters already there (prepare is idempotent)
+            return  # adapters already there (attach is idempotent)
         plan = self.plan(model.backbone)
         config = self.lora_config(plan)
         was_training = root.training

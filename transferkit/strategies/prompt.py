@@ -38,7 +38,7 @@ Prompts are initialised uniformly in ``[-v, v]`` under a fixed seed (the same pr
 run), with VPT's Xavier bound ``v = sqrt(6 / (3 * patch_h * patch_w + D))`` for ViTs and
 ``v = sqrt(6 / (2 * D))`` for text encoders.  They live on the model as ``model.prompts``
 (tensor ``prompts.tokens``, shape ``(layers, tokens, D)``), so bundles save them and
-``prepare`` re-creates the module on load.  The backbone runs in the trainer's train mode
+``attach`` re-creates the module on load.  The backbone runs in the trainer's train mode
 (its own dropout, if any, active, as in P-tuning v2); it has no BatchNorm to disturb.
 """
 
@@ -101,6 +101,10 @@ class PromptTokens(nn.Module):
     def forward(self, layer: int, batch: int) -> torch.Tensor:
         """Prompts of ``layer`` expanded to ``(batch, n_tokens, dim)``."""
         return self.dropout(self.tokens[layer].unsqueeze(0).expand(batch, -1, -1))
+
+    def features(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """The model's features: the backbone run with these prompt tokens inserted."""
+        return (_vit_features if self.kind == "vit" else _text_features)(model, batch)
 
 
 # --------------------------------------------------------------------------- backbones
@@ -228,7 +232,7 @@ class Prompt(Strategy):
             return "shallow" if vit_of(backbone) is not None else "deep"
         return d
 
-    def prepare(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module) -> None:
         bb = model.backbone
         self.check_backbone(bb)
         deep = self.depth_for(bb) == "deep"
@@ -240,22 +244,22 @@ class Prompt(Strategy):
             ph, pw = vit.patch_embed.patch_size
             chans = int(getattr(getattr(vit.patch_embed, "proj", None), "in_channels", 3))
             bound = math.sqrt(6.0 / float(chans * ph * pw + dim))
-            kind, prefix, fn = "vit", int(vit.num_prefix_tokens), _vit_features
+            kind, prefix = "vit", int(vit.num_prefix_tokens)
             dtype = vit.cls_token.dtype if vit.cls_token is not None else torch.float32
         else:
             enc = text_encoder_of(bb)
             dim = int(enc.config.hidden_size)
             layers = len(enc.encoder.layer) if deep else 1
             bound = math.sqrt(6.0 / float(2 * dim))
-            kind, prefix, fn = "text", 0, _text_features
+            kind, prefix = "text", 0
             dtype = enc.get_input_embeddings().weight.dtype
-        old = getattr(model, "prompts", None)
+        old = model.attached("prompts")
         if not (isinstance(old, PromptTokens) and tuple(old.tokens.shape) == (layers, n, dim)
                 and old.kind == kind):
             device = next(bb.parameters()).device
-            model.prompts = PromptTokens(kind, layers, n, dim, bound, self.options.dropout,
-                                         prefix=prefix, dtype=dtype).to(device)
-        model.features_fn = fn
+            old = PromptTokens(kind, layers, n, dim, bound, self.options.dropout,
+                               prefix=prefix, dtype=dtype).to(device)
+        model.attach("prompts", old, computes_features=True)
 
     def stages(self, model, train):
         o = self.options

@@ -98,6 +98,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..events import Callback
 from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
 
 #: seed of the top-down module's initial values (fixed, so a bundle can re-create them)
@@ -158,7 +159,7 @@ class ToastModule(nn.Module):
             self.prompt = nn.Parameter(torch.randn(dim))
             self.transform = nn.Parameter(torch.eye(dim))
             self.feedback = nn.ModuleList([FeedbackBlock(dim, rank) for _ in range(depth)])
-        #: reconstruction loss of the last pre-tuning forward (read by ``loss_terms``)
+        #: reconstruction loss of the last pre-tuning forward (read by :class:`ReconLoss`)
         self.pending_recon: torch.Tensor | None = None
 
     def select(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -204,6 +205,25 @@ class ToastModule(nn.Module):
         """What pre-tuning trains: the full ``propagate`` weights (the maps the
         reconstruction loss reaches)."""
         return [blk.propagate.weight for blk in self.feedback]
+
+    def features(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """The model's features: the steered second pass (see :func:`toast_features`)."""
+        return toast_features(model, batch)
+
+
+class ReconLoss(Callback):
+    """Adds the reconstruction loss of the pre-tuning pass, ``var_weight`` x its value."""
+
+    def __init__(self, var_weight: float):
+        self.var_weight = var_weight
+
+    def on_batch(self, state, batch):
+        tk = state.model.attached("toast")
+        recon = tk.pending_recon
+        if recon is None:
+            return None
+        tk.pending_recon = None
+        return {"toast_recon": self.var_weight * recon}
 
 
 # --------------------------------------------------------------------------- backbone access
@@ -312,7 +332,7 @@ def _first(x: Any) -> torch.Tensor:
 # --------------------------------------------------------------------------- the two passes
 
 def toast_features(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-    """``features_fn`` of TOAST: first pass, selection, feedback, steered second pass."""
+    """TOAST's features: first pass, selection, feedback, steered second pass."""
     tk: ToastModule = model.toast
     tk.pending_recon = None
     bb = model.backbone
@@ -420,14 +440,14 @@ class Toast(Strategy):
                 f"backbone {backbone.name!r} is not one (CNNs and word vectors have no "
                 f"attention values to steer)")
 
-    def prepare(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module) -> None:
         bb = model.backbone
         target = _target(bb)
         if target is None:
             self.check_backbone(bb)
         ref = next(bb.parameters())
-        model.toast = ToastModule(target.dim, len(target.layers), self.rank).to(ref.device)
-        model.features_fn = toast_features
+        model.attach("toast", ToastModule(target.dim, len(target.layers), self.rank).to(ref.device),
+                     computes_features=True)
 
     def stages(self, model, train):
         o = self.options
@@ -437,20 +457,13 @@ class Toast(Strategy):
         if o.pretune_epochs > 0:
             stages.append(Stage("pretune", o.pretune_epochs,
                                 [ParamGroup("toast.propagate", tk.pretune_parameters(), lr)],
-                                frozen_backbone=False, selectable=False))
+                                frozen_backbone=False, selectable=False,
+                                callbacks=[ReconLoss(o.var_weight)]))
         stages.append(Stage(self.name, train.epochs,
                             [ParamGroup("toast", tk.task_parameters(), lr),
                              ParamGroup("head", head_params(model), o.head_lr)],
                             frozen_backbone=False, warmup_epochs=train.warmup_epochs))
         return stages
-
-    def loss_terms(self, model, feats, logits, labels):
-        tk = getattr(model, "toast", None)
-        recon = getattr(tk, "pending_recon", None)
-        if recon is None:
-            return {}
-        tk.pending_recon = None
-        return {"toast_recon": self.options.var_weight * recon}
 
 
 @register_strategy

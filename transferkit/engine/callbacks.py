@@ -1,0 +1,269 @@
+"""The engine's own callbacks: timing, validation scores, best-epoch selection and early
+stopping, the epoch log, progress bars, history and checkpoints.
+
+The trainer assembles them in this order (``on_epoch_end`` runs them in turn, each reading
+what the ones before it wrote into the epoch's record): :class:`Timing`,
+:class:`ValidationScores`, the domain scores when there is a target domain,
+:class:`BestEpoch`, :class:`EpochLog`, :class:`Progress`, :class:`History`,
+:class:`Checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..errors import ConfigError
+from ..events import Callback
+from ..io import load_state_tree, save_state_tree, save_tensors, write_json, write_text
+from .domain import selection_key
+from .metrics import classification_metrics
+
+HISTORY_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+                   "lr", "seconds"]
+#: optional history columns, written when some epoch has them
+HISTORY_EXTRA = ["setting", "target_entropy", "dev_risk", "iw_val_accuracy",
+                 "oracle_target_accuracy"]
+
+
+def better(key, best, min_delta: float = 1e-4) -> bool:
+    """Higher first component wins; at an equal one, a second component higher by more than
+    ``min_delta`` (validation accuracy, then validation loss lower by more than 1e-4)."""
+    if best is None:
+        return True
+    if key[0] != best[0]:
+        return key[0] > best[0]
+    return key[1] > best[1] + min_delta
+
+
+class Timing(Callback):
+    """``train_s`` (time in the batches of every epoch), ``total_s``; the feature store adds
+    ``features_s`` and validation ``eval_s`` to the same ``state.timing``."""
+
+    def on_fit_start(self, state) -> None:
+        self._t_fit = time.perf_counter()
+
+    def on_epoch_start(self, state) -> None:
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, state, record) -> None:
+        if state.stage.solve is None:  # the loop times a closed-form solve itself
+            state.timing["train_s"] += time.perf_counter() - self._t
+
+    def on_fit_end(self, state) -> None:
+        state.timing["total_s"] = time.perf_counter() - self._t_fit
+        state.timing["features_computed_s"] = state.trainer.cache.compute_s
+
+
+class ValidationScores(Callback):
+    """Scores the validation split after every epoch (one pass: the representation and the
+    logits are kept in ``state.val_outputs`` for the callbacks after this one)."""
+
+    def on_epoch_end(self, state, record) -> None:
+        t0 = time.perf_counter()
+        z, logits = state.trainer.split_outputs("val", state.data["val"], state.cached)
+        m = classification_metrics(logits, state.data["val"].labels, state.model.classes)
+        state.val_outputs, state.val_metrics = (z, logits), m
+        record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
+        state.timing["eval_s"] += time.perf_counter() - t0
+
+
+class BestEpoch(Callback):
+    """Keeps the weights of the best epoch under the run's selection criterion, stops a stage
+    after ``patience`` epochs without improvement, and starts every stage (and ends the fit)
+    from the best weights so far.  The settings of a closed-form stage compete among
+    themselves only."""
+
+    def on_stage_start(self, state) -> None:
+        if state.stage.solve is not None:
+            state.best = state.new_best()
+        if not state.resumed_mid_stage:
+            state.bad_epochs = 0
+
+    def on_epoch_end(self, state, record) -> None:
+        stage = state.stage
+        key = selection_key(state.criterion, record)
+        improved = stage.selectable and better(key, state.best.key)
+        state.improved = improved
+        if improved:
+            state.best = state.new_best(key=key, epoch=record["epoch"], stage=stage.name,
+                                        tensors=state.trainer.state_tensors(state.touched()),
+                                        metrics=state.val_metrics, setting=record.get("setting"))
+            state.bad_epochs = 0
+        elif stage.selectable:
+            state.bad_epochs += 1
+        patience = state.cfg.patience
+        if patience and state.bad_epochs >= patience and stage.solve is None:
+            state.log(f"  early stop: no improvement of {state.criterion} in {patience} epochs")
+            state.stop = True
+
+    def on_stage_end(self, state) -> None:
+        if state.best.tensors is not None:
+            state.trainer.load_tensors(state.best.tensors)
+        if not state.stage.frozen_backbone:
+            state.trainer.features.backbone_changed()
+
+    def on_fit_end(self, state) -> None:
+        if state.best.tensors is not None:
+            state.trainer.load_tensors(state.best.tensors)
+        if state.solution is not None and len(state.candidates) > 1:
+            state.solution["chosen"] = state.best.setting
+
+
+class EpochLog(Callback):
+    """One line per stage (what trains) and per epoch (losses, scores, ``*`` = kept)."""
+
+    def on_stage_start(self, state) -> None:
+        stage, model = state.stage, state.model
+        trainable = sum(p.numel() for p in stage.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        if stage.solve is not None:
+            trainable = sum(p.numel() for n, p in model.named_parameters()
+                            if n in set(state.touched()))
+            what = "fitted in closed form on cached features"
+        else:
+            what = f"{stage.epochs} epochs"
+            if not state.cached and stage.frozen_backbone and state.cfg.augment:
+                what += " (backbone re-run every epoch: augmentation varies per epoch)"
+        state.log(f"stage {stage.name}: trainable {trainable:,} / {total:,} "
+                  f"({100 * trainable / max(total, 1):.1f}%), {what}")
+
+    def on_epoch_end(self, state, record) -> None:
+        if state.stage.solve is None:
+            record["seconds"] = round(time.perf_counter() - state.epoch_started, 3)
+        train_loss = record.get("train_loss")
+        line = (f"  epoch {record['epoch']:3d} [{record['stage']}] "
+                + (f"train loss {train_loss:.4f}  " if train_loss is not None else "")
+                + f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}")
+        if "target_entropy" in record:
+            line += f"  tgt entropy {record['target_entropy']:.3f}  dev {record['dev_risk']:.3f}"
+        if record.get("oracle_target_accuracy") is not None:
+            line += f"  (oracle tgt acc {record['oracle_target_accuracy']:.4f})"
+        line += "  *" if state.improved else ""
+        if record.get("setting") is not None:
+            line += f"  [{record['setting']}]"
+        state.log(line)
+
+
+class Progress(Callback):
+    """A progress bar over the batches of an epoch that runs the live backbone."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self._task = None
+
+    def on_epoch_start(self, state) -> None:
+        if not state.cached and state.stage.solve is None:
+            self._task = self.progress.add_task(f"train [{state.stage.name}]",
+                                                total=state.steps_per_epoch)
+
+    def on_batch(self, state, batch):
+        if self._task is not None:
+            self.progress.advance(self._task)
+        return None
+
+    def on_epoch_end(self, state, record) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+            self._task = None
+
+
+class History(Callback):
+    """``history.csv``: one row per epoch (and per closed-form setting)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "history.csv"
+
+    def on_epoch_end(self, state, record) -> None:
+        self.write(state.history)
+
+    def on_fit_end(self, state) -> None:
+        self.write(state.history)
+
+    def write(self, history) -> None:
+        cols = HISTORY_COLUMNS + [c for c in HISTORY_EXTRA
+                                  if any(h.get(c) is not None for h in history)]
+        lines = [",".join(cols)] + [",".join("" if h.get(c) is None else str(h.get(c))
+                                             for c in cols) for h in history]
+        write_text(self.path, "\n".join(lines) + "\n")
+
+
+class Checkpoint(Callback):
+    """After every epoch of SGD: the trained tensors, the best ones so far, the optimizer and
+    scheduler state and the loop's position, written atomically to ``RUN/checkpoint/``; with
+    ``resume``, ``on_fit_start`` puts the loop back where that checkpoint left it, so the run
+    ends with the figures an uninterrupted one would have."""
+
+    def __init__(self, folder: Path, resume: bool, *, writer: bool = True):
+        self.dir = Path(folder)
+        self.resume = resume
+        #: whether this process writes (in a data-parallel run only the main one does; every
+        #: process reads a checkpoint to resume)
+        self.writer = writer
+        self._pending: dict | None = None
+
+    # -------------------------------------------------------------- saving
+    def on_epoch_end(self, state, record) -> None:
+        if state.stage.solve is not None or not self.writer:
+            return  # closed-form settings are cheap to refit: a resume solves the stage again
+        trainer = state.trainer
+        done = state.stage.epochs if state.stop else state.epoch + 1
+        save_tensors(self.dir / "model.safetensors", trainer.state_tensors(state.touched()))
+        if state.best.tensors is not None:
+            save_tensors(self.dir / "best.safetensors", state.best.tensors)
+        if state.optimizer is not None:
+            save_state_tree(self.dir / "optimizer", state.optimizer.state_dict())
+        b = state.best
+        write_json(self.dir / "state.json", {
+            "stage": state.stage_index, "epoch": done, "bad_epochs": state.bad_epochs,
+            "history": state.history,
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+            "best": {"key": list(b.key) if b.key else None, "epoch": b.epoch, "stage": b.stage,
+                     "metrics": b.metrics},
+        })
+
+    # -------------------------------------------------------------- resuming
+    def on_fit_start(self, state) -> None:
+        path = self.dir / "state.json"
+        if not (self.resume and path.exists()):
+            return
+        st = json.loads(path.read_text())
+        trainer = state.trainer
+        trainer.load_tensors(load_file(str(self.dir / "model.safetensors")))
+        b = st["best"]
+        best_tensors = None
+        if (self.dir / "best.safetensors").exists():
+            best_tensors = load_file(str(self.dir / "best.safetensors"))
+        state.best = state.new_best(key=tuple(b["key"]) if b["key"] else None, epoch=b["epoch"],
+                                    stage=b["stage"], metrics=b.get("metrics"),
+                                    tensors=best_tensors)
+        state.history = st["history"]
+        state.bad_epochs = st["bad_epochs"]
+        stage, epoch = st["stage"], st["epoch"]
+        if stage >= len(state.stages):
+            raise ConfigError(f"{self.dir}: the checkpoint names stage {stage + 1} but the "
+                              f"strategy has {len(state.stages)}")
+        if epoch >= state.stages[stage].epochs:
+            # that stage had finished: start the next from the best weights, as a full run does
+            if best_tensors is not None:
+                trainer.load_tensors(best_tensors)
+            stage, epoch = stage + 1, 0
+        else:
+            self._pending = {"scheduler": st.get("scheduler")}
+            state.resumed_mid_stage = epoch > 0
+        state.stage_index, state.epoch = stage, epoch
+        if stage < len(state.stages):
+            state.log(f"resuming at stage {state.stages[stage].name!r}, epoch {epoch + 1}")
+
+    def on_stage_start(self, state) -> None:
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        if state.epoch == 0 or state.optimizer is None:
+            return
+        state.optimizer.load_state_dict(load_state_tree(self.dir / "optimizer", state.device))
+        if pending["scheduler"] is not None:
+            state.scheduler.load_state_dict(pending["scheduler"])
