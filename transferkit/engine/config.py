@@ -45,12 +45,12 @@ class TrainConfig(Settings):
     grayscale: bool = setting(False, "convert images to one channel, fed as three")
     skip_bad: bool = setting(False, "skip unreadable images and list them")
     workers: int | None = setting(None, "image decoding worker processes")
-    device: str = setting("cpu", "cpu (default), cuda, cuda:N, mps, auto")
+    device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto")
     #: how the epoch to keep is chosen when adapting to an unlabelled target domain:
     #: "auto" (= DEFAULT_DOMAIN_SELECTION); runs without a target always choose on source
     #: validation accuracy
     select: str = setting("auto", "label-free criterion choosing the epoch of a domain-"
-                          "adaptation run (default auto = dev)", choices=("auto",) + CRITERIA)
+                          "adaptation run (auto = dev)", choices=("auto",) + CRITERIA)
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
