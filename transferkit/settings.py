@@ -174,21 +174,22 @@ class Settings:
             if name not in known:
                 raise ConfigError(f"{where or self.section}: unknown setting {key!r} in "
                                   f"section {self.section!r}; valid: {', '.join(known)}")
-            changes[name] = self._coerced(known[name], hints[name], value)
+            changes[name] = self._coerced(known[name], hints[name], value, where)
         return dataclasses.replace(self, **changes).validate()
 
-    def _coerced(self, f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    def _coerced(self, f: dataclasses.Field, hint: Any, value: Any, where: str | None) -> Any:
         base, optional = split_optional(hint)
+        label = f"{where}: {self.section}.{f.name}" if where else f"{self.section}.{f.name}"
         if value is None and not optional:
             return getattr(self, f.name)
         if meta(f)["in_memory"] and value is not None and not isinstance(value, (str, os.PathLike)):
             return value
-        value = coerce(value, hint, f"{self.section}.{f.name}")
+        value = coerce(value, hint, label)
         if base is dict and value is not None:
             value = {**(getattr(self, f.name) or {}), **value}
         choices = meta(f)["choices"]
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"{self.section}.{f.name}: {value!r} is not one of "
+            raise ConfigError(f"{label}: {value!r} is not one of "
                               f"{', '.join(choices)}")
         return value
 
