@@ -69,6 +69,23 @@ def make_text_csv(path: Path, n_per_class: int = 16, seed: int = 0) -> Path:
     return path
 
 
+def interrupt_after(monkeypatch, n_epochs: int) -> None:
+    """Make training stop as Ctrl-C would, at the start of epoch ``n_epochs + 1`` (counting
+    the epochs of every stage; the checkpoints of the epochs before stay)."""
+    from transferkit.engine import trainer as trainer_mod
+
+    real = trainer_mod.Trainer._train_batches
+    calls = {"n": 0}
+
+    def wrapped(self, *a, **k):
+        if calls["n"] == n_epochs:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_batches", wrapped)
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")

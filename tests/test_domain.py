@@ -14,6 +14,8 @@ from transferkit.cli import main
 from transferkit.engine.domain import CRITERIA, selection_key, summarize_selection
 from transferkit.errors import BackboneError, ConfigError, DataError
 
+from conftest import interrupt_after
+
 
 def _digits(path, n=60, seed=0, shift=0, labels=True, colour=False):
     """Tiny 'digit' images: the class is where a bright square sits; ``shift`` moves the
@@ -241,21 +243,11 @@ def test_domains_from_one_table(tmp_path):
 
 def test_interrupted_domain_run_resumes_to_the_same_figures(domains, tmp_path, monkeypatch):
     from transferkit import api
-    from transferkit.engine import trainer as trainer_mod
 
     kw = dict(epochs=2, options={"source_epochs": 1})
     full = _fit(domains, tmp_path / "full", **kw)
-    real = trainer_mod.Trainer._train_batches
-    calls = {"n": 0}
-
-    def interrupted(self, *a, **k):
-        if calls["n"] == 2:  # after the source epoch and the first adaptation epoch
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(self, *a, **k)
-
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod.Trainer, "_train_batches", interrupted)
+        interrupt_after(m, 2)  # after the source epoch and the first adaptation epoch
         with pytest.raises(KeyboardInterrupt):
             _fit(domains, tmp_path / "cut", **kw)
     resumed = api.resume(tmp_path / "cut" / "run", quiet=True)

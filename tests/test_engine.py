@@ -10,22 +10,10 @@ import pytest
 
 import transferkit
 from transferkit import api
-from transferkit.engine import trainer as trainer_mod
 from transferkit.engine.metrics import classification_metrics
 from transferkit.engine.schedules import build_scheduler, lr_factor
 
-
-def _interrupt_after(monkeypatch, n_epochs: int):
-    real = trainer_mod.Trainer._train_batches
-    calls = {"n": 0}
-
-    def wrapped(self, *a, **k):
-        if calls["n"] == n_epochs:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_batches", wrapped)
+from conftest import interrupt_after
 
 
 @pytest.mark.parametrize("strategy,backbone,cut", [("freeze", "tiny-cnn", 2),
@@ -39,7 +27,7 @@ def test_resume_gives_the_same_final_metrics(strategy, backbone, cut, image_fold
     full = transferkit.fit(data, out=tmp_path / "full", **kw)
 
     with monkeypatch.context() as m:
-        _interrupt_after(m, cut)
+        interrupt_after(m, cut)
         with pytest.raises(KeyboardInterrupt):
             transferkit.fit(data, out=tmp_path / "cut", **kw)
     assert (tmp_path / "cut" / "checkpoint" / "state.json").exists()

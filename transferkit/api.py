@@ -1,10 +1,12 @@
 """Python entry points: :func:`fit`, :func:`load`, :class:`TrainedModel`, :class:`TransferClassifier`.
 
-``fit`` reads the data, picks a backbone for its modality when none is named, runs the
-strategy through the engine, scores validation (used for every choice) and test (never used
-for one), and writes the run folder:
+``fit`` is orchestration, one named step each: :func:`configure` (every setting through one
+:class:`~transferkit.config.RunConfig`) → :func:`read_run_data` (splits, target domain, image
+checks) → :func:`start_run` (the run folder and ``run_config.json``) → :func:`build_run_model`
+(backbone + head) → :func:`train_and_score` (the engine; validation is used for every choice,
+test never) → :func:`write_run`:
 
-    RUN/run_config.json   everything needed to resume or repeat the run
+    RUN/run_config.json   every setting, versioned: enough to resume or repeat the run
     RUN/history.csv       one row per epoch
     RUN/metrics.json      {"val": {...}, "test": {...} | null, "best_epoch": .., "timing": {..}, ..}
     RUN/per_class.json, RUN/confusion_<split>.csv/.png, RUN/curves.png, RUN/report.html
@@ -13,17 +15,21 @@ for one), and writes the run folder:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import signal
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .config import RunConfig
 from .errors import ConfigError, DataError
 
 DEFAULT_BACKBONES = {"image": "efficientnet_lite0", "text": "minilm"}
@@ -61,57 +67,36 @@ def _read(path, *, labelled=True, classes=None, columns=None) -> dict:
     return read_data(path, labelled=labelled, classes=classes, **(columns or {}))
 
 
-def _backbone_kwargs(name: str, modality: str, *, weights=None, image_size=None,
-                     max_length=None) -> dict[str, Any]:
+def _backbone_kwargs(cfg: RunConfig, name: str, modality: str) -> dict[str, Any]:
+    b = cfg.backbone
     kw: dict[str, Any] = {}
-    if weights is not None:
-        kw["weights"] = str(weights)
-    if modality == "image" and image_size is not None:
-        kw["image_size"] = int(image_size)
-    if modality == "text" and max_length is not None:
-        kw["max_length"] = int(max_length)
+    if b.weights is not None:
+        kw["weights"] = str(b.weights)
+    if modality == "image" and b.image_size is not None:
+        kw["image_size"] = int(b.image_size)
+    if modality == "text" and b.max_length is not None:
+        kw["max_length"] = int(b.max_length)
     return kw
 
 
-def _check_images(splits: dict, skip_bad: bool, log) -> dict:
-    from .data.images import check_image, scan_images
-
-    out = {}
-    for name, s in splits.items():
-        if s is None or s.modality != "image":
-            out[name] = s
-            continue
-        if skip_bad:
-            kept, bad = scan_images(s, skip_bad=True)
-            if bad:
-                log(f"skipped {len(bad)} unreadable file(s) in {name}:")
-                for origin, reason in bad:
-                    log(f"  {origin}: {reason}")
-            out[name] = kept
-        else:
-            for item, origin in zip(s.items, s.origins):
-                check_image(item, origin)
-            out[name] = s
-    return out
+def _columns(cfg: RunConfig) -> dict[str, str | None]:
+    d = cfg.data
+    return {"text_column": d.text_column, "image_column": d.image_column,
+            "label_column": d.label_column}
 
 
 # --------------------------------------------------------------------------- fit
 
-def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str = "freeze",
-        options: dict[str, Any] | None = None, head: dict[str, Any] | None = None,
-        out: str | os.PathLike | None = None, cache_dir: str | None = None,
-        no_cache: bool = False, weights: str | None = None, image_size: int | None = None,
-        max_length: int | None = None, text_column: str | None = None,
-        image_column: str | None = None, label_column: str | None = None,
-        val_fraction: float = 0.15, test_fraction: float = 0.15, quiet: bool = False,
-        resume: bool = False, target=None, target_labels: int = 0, figures: bool = True,
-        domain_column: str | None = None, **train: Any) -> "TrainedModel":
-    """Fit ``strategy`` on ``backbone`` to ``data`` and write the run folder ``out``.
+def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
+        **settings: Any) -> "TrainedModel":
+    """Fit a strategy on a backbone to ``data`` and write the run folder.
 
     ``data``/``val``/``test`` are paths (image folders, CSV/TSV, text folders, ``.tar.gz``,
-    ``.npz``) or :class:`~transferkit.data.Samples`.  ``train`` holds
-    :class:`~transferkit.engine.config.TrainConfig` settings (``epochs``, ``lr``,
-    ``batch_size``, ``seed``, ``augment``, ``grayscale``, ``select``, ...).
+    ``.npz``) or :class:`~transferkit.data.Samples`.  Settings are the fields of
+    :class:`~transferkit.config.RunConfig`, given as ``config=RunConfig(...)`` and/or as
+    keywords by their flat names (``backbone=``, ``strategy=``, ``options=``, ``head=``,
+    ``epochs=``, ``lr=``, ``batch_size=``, ``seed=``, ``augment=``, ``out=``, ``quiet=``,
+    ...; keywords win).  An unknown keyword is refused, naming the valid ones.
 
     Domain adaptation: ``data`` is the labelled source (its validation split is carved from
     it); ``target`` is the target domain, whose labels, if it has any, are never used for
@@ -124,105 +109,197 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
     the target domain (a value of that column) and every other row is the source; without an
     explicit ``test``, a stratified ``test_fraction`` of the target rows is the labelled
     target test split and the rest is the unlabelled target.
+
+    ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
     """
-    from .backbones import backbone_modality, build_backbone
-    from .bundle import save_bundle
     from .console import Reporter
-    from .data import Samples, resolve_splits
-    from .engine.cache import FeatureCache
-    from .engine.config import TrainConfig, resolve_device
-    from .engine.trainer import Trainer
-    from .heads import HeadConfig, build_model
-    from .io import write_json
+
+    cfg = configure(data, config, settings)
+    rep = Reporter(cfg.run.quiet)
+    t0 = time.perf_counter()
+    strat, head_cfg = build_strategy(cfg)
+    run_data = read_run_data(cfg, strat, rep.log)
+    run_dir = start_run(cfg, rep.log)
+    model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
+    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, resume=resume)
+    outcome.timing["total_s"] = time.perf_counter() - t0
+    return write_run(cfg, model, bb, strat, run_data, run_dir, outcome, rep.log)
+
+
+def configure(data=None, config: RunConfig | None = None,
+              settings: dict[str, Any] | None = None) -> RunConfig:
+    """The run's configuration: ``config`` (or the defaults), then ``settings`` by flat or
+    section names, then ``data`` (a path, :class:`Samples` or a dict of splits)."""
+    if config is not None and not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__}")
+    cfg = (config or RunConfig()).updated(settings or {}, where="fit")
+    if data is not None:
+        cfg = cfg.updated({"data": {"path": data}}, where="fit")
+    if cfg.data.path is None:
+        raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz)")
+    return cfg
+
+
+def build_strategy(cfg: RunConfig):
+    """The strategy with its options, and the head settings (the strategy's default head
+    when the head is left on ``auto``)."""
     from .strategies.base import get_strategy
 
-    rep = Reporter(quiet)
-    cfg = TrainConfig.from_dict(train)
-    strat = get_strategy(strategy, **(options or {}))
-    head_cfg = HeadConfig.from_dict(head or {})
+    strat = get_strategy(cfg.strategy.name, **cfg.strategy.options)
+    head_cfg = cfg.head
     if head_cfg.kind == "auto" and strat.default_head:
-        head_cfg.kind = strat.default_head
-    columns = {"text_column": text_column, "image_column": image_column,
-               "label_column": label_column}
+        head_cfg = dataclasses.replace(head_cfg, kind=strat.default_head)
+    return strat, head_cfg
 
-    # data
-    def as_splits(x):
-        if x is None:
-            return None
-        if isinstance(x, Samples):
-            return {"all": x}
-        if isinstance(x, dict):
-            return x
-        return _read(x, columns=columns)
 
-    t0 = time.perf_counter()
-    domain = None
-    given = {"data": data, "target": target, "test": test}  # as the user named them
-    if domain_column is not None:
-        data, target, test = _split_domains(data, domain_column, target, test, columns,
-                                            test_fraction, cfg.seed)
-    if target is not None:
-        splits = resolve_splits(as_splits(data), val=as_splits(val), test=None,
-                                val_fraction=val_fraction, test_fraction=0.0, seed=cfg.seed)
-        domain = _target_splits(target, test, splits["train"], target_labels, strat, cfg.seed,
-                                as_splits)
-        splits["test"] = domain["test"]
-        if domain["labelled"] is not None and not strat.needs_target_labels:
-            from .data import concat_samples
+@dataclass
+class RunData:
+    """What :func:`read_run_data` found: the splits and, for domain adaptation, the target."""
 
-            splits["train"] = concat_samples([splits["train"], domain["labelled"]])
-    else:
-        if target_labels:
+    splits: dict[str, Any]
+    #: ``{"target", "labelled", "test"}`` of a domain-adaptation run, else None
+    domain: dict[str, Any] | None
+    modality: str
+    classes: list[str]
+
+
+def _as_splits(x, columns):
+    from .data import Samples
+
+    if x is None:
+        return None
+    if isinstance(x, Samples):
+        return {"all": x}
+    if isinstance(x, dict):
+        return x
+    return _read(x, columns=columns)
+
+
+def read_run_data(cfg: RunConfig, strat, log) -> RunData:
+    """Read and split the data (and the target domain), check every image, log the sizes."""
+    from .data.images import check_split_images
+
+    splits, domain = _resolve_splits(cfg, strat)
+    modality = splits["train"].modality
+    if cfg.train.grayscale and modality != "image":
+        raise ConfigError("--grayscale applies to images only")
+    bb_name = cfg.backbone.name or DEFAULT_BACKBONES[modality]
+    _check_backbone_modality(bb_name, modality, splits["train"].source)
+    splits = check_split_images(splits, cfg.train.skip_bad, log)
+    classes = splits["train"].classes
+    log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
+        + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if v is not None))
+    if domain is not None:
+        domain["target"] = check_split_images({"t": domain["target"]}, cfg.train.skip_bad,
+                                              log)["t"]
+        log(f"target: {domain['target'].source}: {len(domain['target'])} unlabelled"
+            + (f", {len(domain['labelled'])} labelled for training"
+               if domain["labelled"] is not None else "")
+            + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
+    return RunData(splits=splits, domain=domain, modality=modality, classes=classes)
+
+
+def _check_backbone_modality(name: str, modality: str, source: str) -> None:
+    from .backbones import backbone_modality
+
+    if backbone_modality(name) not in (modality, "any"):
+        raise ConfigError(f"backbone {name!r} takes {backbone_modality(name)} but the data "
+                          f"({source}) is {modality}")
+
+
+def _resolve_splits(cfg: RunConfig, strat):
+    """``(splits, domain)``: train / val / test, and the target domain's parts (or None)."""
+    from .data import concat_samples, resolve_splits
+
+    d, dom, seed = cfg.data, cfg.domain, cfg.train.seed
+    columns = _columns(cfg)
+    data, target, test = d.path, dom.target, d.test
+    if dom.domain_column is not None:
+        data, target, test = _split_domains(data, dom.domain_column, target, test, columns,
+                                            d.test_fraction, seed)
+    if target is None:
+        if dom.target_labels:
             raise ConfigError("--target-labels needs a target domain (--target)")
         if getattr(strat, "uses_target", False):
-            raise ConfigError(f"strategy {strategy!r} adapts to a target domain: give the "
+            raise ConfigError(f"strategy {strat.name!r} adapts to a target domain: give the "
                               "unlabelled target data (--target)")
-        splits = resolve_splits(as_splits(data), val=as_splits(val), test=as_splits(test),
-                                val_fraction=val_fraction, test_fraction=test_fraction,
-                                seed=cfg.seed)
-    modality = splits["train"].modality
-    bb_name = backbone or DEFAULT_BACKBONES[modality]
-    if backbone_modality(bb_name) not in (modality, "any"):
-        raise ConfigError(f"backbone {bb_name!r} takes {backbone_modality(bb_name)} but the data "
-                          f"({splits['train'].source}) is {modality}")
-    if cfg.grayscale and modality != "image":
-        raise ConfigError("--grayscale applies to images only")
-    splits = _check_images(splits, cfg.skip_bad, rep.log)
-    classes = splits["train"].classes
-    rep.log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
-            + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if v is not None))
-    if domain is not None:
-        domain["target"] = _check_images({"t": domain["target"]}, cfg.skip_bad, rep.log)["t"]
-        rep.log(f"target: {domain['target'].source}: {len(domain['target'])} unlabelled"
-                + (f", {len(domain['labelled'])} labelled for training"
-                   if domain["labelled"] is not None else "")
-                + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
+        splits = resolve_splits(_as_splits(data, columns), val=_as_splits(d.val, columns),
+                                test=_as_splits(test, columns), val_fraction=d.val_fraction,
+                                test_fraction=d.test_fraction, seed=seed)
+        return splits, None
+    splits = resolve_splits(_as_splits(data, columns), val=_as_splits(d.val, columns),
+                            test=None, val_fraction=d.val_fraction, test_fraction=0.0, seed=seed)
+    domain = _target_splits(target, test, splits["train"], dom.target_labels, strat, seed,
+                            lambda x: _as_splits(x, columns))
+    splits["test"] = domain["test"]
+    if domain["labelled"] is not None and not strat.needs_target_labels:
+        splits["train"] = concat_samples([splits["train"], domain["labelled"]])
+    return splits, domain
 
-    run_dir = Path(out) if out else Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{strategy}")
+
+def start_run(cfg: RunConfig, log) -> Path:
+    """Create the run folder and record the configuration in ``run_config.json`` (skipped
+    when some data was given in memory: such a run cannot be replayed from a file)."""
+    from .io import write_json
+
+    out = cfg.run.out
+    run_dir = Path(out) if out else Path("runs") / time.strftime(
+        f"%Y%m%d-%H%M%S-{cfg.strategy.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    rep.log(f"run folder: {run_dir}")
-    run_config = {
-        "data": _pathish(given["data"]), "val": _pathish(val), "test": _pathish(given["test"]),
-        "backbone": backbone, "strategy": strategy, "options": options or {}, "head": head or {},
-        "cache_dir": cache_dir, "no_cache": no_cache, "weights": weights,
-        "image_size": image_size, "max_length": max_length, **columns,
-        "val_fraction": val_fraction, "test_fraction": test_fraction, "train": cfg.to_dict(),
-        "target": _pathish(given["target"]), "target_labels": target_labels,
-        "domain_column": domain_column,
-    }
-    if all(isinstance(v, (str, type(None))) for v in (run_config["data"], run_config["val"],
-                                                        run_config["test"], run_config["target"])):
-        write_json(run_dir / "run_config.json", run_config)
+    log(f"run folder: {run_dir}")
+    if not cfg.in_memory():
+        write_json(run_dir / "run_config.json", recorded_config(cfg, run_dir).to_dict())
+    return run_dir
 
-    _seed_everything(cfg.seed)
-    bb = build_backbone(bb_name, **_backbone_kwargs(bb_name, modality, weights=weights,
-                                                     image_size=image_size, max_length=max_length))
-    rep.log(f"backbone: {bb.describe()}")
-    model = build_model(bb, head_cfg, classes)
-    device = resolve_device(cfg.device)
-    cache = FeatureCache(cache_dir, enabled=not no_cache)
+
+def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """``cfg`` as written to ``run_config.json``: data paths made absolute, the run folder
+    named (a target domain named by ``domain_column`` is a value, not a path)."""
+    target = cfg.domain.target
+    if cfg.domain.domain_column is None:
+        target = _pathish(target)
+    return cfg.updated({"data": {"path": _pathish(cfg.data.path), "val": _pathish(cfg.data.val),
+                                 "test": _pathish(cfg.data.test)},
+                        "domain": {"target": target}, "run": {"out": str(run_dir)}})
+
+
+def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
+    """``(model, backbone)``: the backbone for the data's modality with a new head."""
+    from .backbones import build_backbone
+    from .heads import build_model
+
+    name = cfg.backbone.name or DEFAULT_BACKBONES[run_data.modality]
+    _seed_everything(cfg.train.seed)
+    bb = build_backbone(name, **_backbone_kwargs(cfg, name, run_data.modality))
+    log(f"backbone: {bb.describe()}")
+    return build_model(bb, head_cfg, run_data.classes), bb
+
+
+@dataclass
+class Outcome:
+    """What training and scoring gave: the engine's result and the split metrics."""
+
+    trainer: Any
+    result: Any
+    val: dict[str, Any]
+    test: dict[str, Any] | None
+    cache: Any
+    timing: dict[str, float]
+
+
+def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep, *,
+                    resume: bool = False) -> Outcome:
+    """Train through the engine (resuming from the checkpoint when asked), then score
+    validation and test."""
+    from .engine.cache import FeatureCache
+    from .engine.config import resolve_device
+    from .engine.trainer import Trainer
+
+    splits, domain = run_data.splits, run_data.domain
+    device = resolve_device(cfg.train.device)
+    cache = FeatureCache(cfg.run.cache_dir, enabled=not cfg.run.no_cache)
     with rep.progress() as progress:
-        trainer = Trainer(model, strat, cfg, run_dir=run_dir, cache=cache, log=rep.log,
+        trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device)
         with _sigterm_as_interrupt():
             if domain is None:
@@ -231,32 +308,53 @@ def fit(data, *, val=None, test=None, backbone: str | None = None, strategy: str
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      target=domain["target"], target_test=domain["test"],
                                      target_labelled=domain["labelled"])
+        # the engine decides whether evaluation may read cached backbone features
         val_m = trainer.evaluate(splits["val"])
         test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
+    return Outcome(trainer, result, val_m, test_m, cache, dict(result.timing))
 
-    timing = dict(result.timing)
-    timing["total_s"] = time.perf_counter() - t0
-    metrics = _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache)
-    if domain is not None:
-        from .report.domain import domain_report
 
-        metrics["selection"] = (f"label-free: {trainer.select} (see domain.selection); target "
-                                "labels never used for a choice; test = the target's test split")
-        metrics["domain"] = {"target": _pathish(given["target"]) if isinstance(
-                                 _pathish(given["target"]), str) else domain["target"].source,
-                             "target_labels_per_class": target_labels,
-                             "selection": result.selection,
-                             **domain_report(trainer, run_dir, log=rep.log, figure=figures)}
+def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path,
+              outcome: Outcome, log) -> "TrainedModel":
+    """Write metrics, the bundle, tables, figures and the report; log the figures."""
+    from .bundle import save_bundle
+
+    result, val_m, test_m = outcome.result, outcome.val, outcome.test
+    metrics = _metrics_record(val_m, test_m, result, bb, strat, run_data.classes,
+                              outcome.timing, outcome.cache)
+    if run_data.domain is not None:
+        metrics.update(_domain_record(cfg, outcome, run_data, run_dir, log))
     model.eval()
-    save_bundle(run_dir / "bundle", model, strat, touched=result.touched, grayscale=cfg.grayscale)
-    _write_outputs(run_dir, metrics, val_m, test_m, result.history, classes)
-    tm = TrainedModel(model, strat, _bundle_like(model, strat, cfg), run_dir=run_dir, metrics=metrics)
-    rep.log(f"val accuracy {val_m['accuracy']:.4f}, macro F1 {val_m['macro_f1']:.4f} "
-            f"(best epoch {result.best_epoch})")
+    save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
+                grayscale=cfg.train.grayscale)
+    _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
+    tm = TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=run_dir,
+                      metrics=metrics)
+    log(f"val accuracy {val_m['accuracy']:.4f}, macro F1 {val_m['macro_f1']:.4f} "
+        f"(best epoch {result.best_epoch})")
     if test_m:
-        rep.log(f"test accuracy {test_m['accuracy']:.4f}, macro F1 {test_m['macro_f1']:.4f}")
-    rep.log(f"bundle: {run_dir / 'bundle'}   report: {run_dir / 'report.html'}")
+        log(f"test accuracy {test_m['accuracy']:.4f}, macro F1 {test_m['macro_f1']:.4f}")
+    log(f"bundle: {run_dir / 'bundle'}   report: {run_dir / 'report.html'}")
     return tm
+
+
+def _domain_record(cfg: RunConfig, outcome: Outcome, run_data: RunData, run_dir: Path,
+                   log) -> dict[str, Any]:
+    """``metrics.json``'s ``selection`` and ``domain`` entries of a domain-adaptation run."""
+    from .report.domain import domain_report
+
+    dom = cfg.domain
+    if dom.domain_column is not None:
+        target = str(dom.target)
+    else:
+        target = _pathish(dom.target)
+    return {
+        "selection": (f"label-free: {outcome.trainer.select} (see domain.selection); target "
+                      "labels never used for a choice; test = the target's test split"),
+        "domain": {"target": target, "target_labels_per_class": dom.target_labels,
+                   "selection": outcome.result.selection,
+                   **domain_report(outcome.trainer, run_dir, log=log, figure=dom.figures)},
+    }
 
 
 def _split_domains(data, column: str, target, test, columns, test_fraction: float, seed: int):
@@ -321,13 +419,18 @@ def _target_splits(target, test, source_train, n_labels: int, strat, seed: int, 
 
 
 def resume(run_dir: str | os.PathLike, *, quiet: bool = False) -> "TrainedModel":
+    """Finish an interrupted run from its last checkpoint, with the settings recorded in
+    ``RUN/run_config.json`` (the unversioned files of transferkit 0.1 are read too)."""
     run_dir = Path(run_dir)
     path = run_dir / "run_config.json"
     if not path.exists():
         raise ConfigError(f"{run_dir}: no run_config.json; not a run folder that can be resumed")
-    rc = json.loads(path.read_text())
-    train = rc.pop("train")
-    return fit(rc.pop("data"), out=run_dir, resume=True, quiet=quiet, **rc, **train)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
+    cfg = RunConfig.from_dict(recorded, where=str(path))
+    return fit(config=cfg, out=run_dir, quiet=quiet, resume=True)
 
 
 def _pathish(x):
@@ -511,32 +614,50 @@ except ImportError:  # pragma: no cover
     BaseEstimator, ClassifierMixin = object, object
 
 
+#: the RunConfig settings (by flat name) that are a TransferClassifier's parameters; their
+#: defaults are RunConfig's, but for those in _CLASSIFIER_DEFAULTS
+CLASSIFIER_PARAMS = ("backbone", "strategy", "epochs", "lr", "batch_size", "seed", "options",
+                     "head", "image_size", "val_fraction", "cache_dir", "out", "quiet")
+#: an estimator is quiet by default; a dict default would be shared between estimators
+_CLASSIFIER_DEFAULTS = {"quiet": True, "options": None}
+
+
+def _classifier_signature() -> inspect.Signature:
+    """``__init__(self, backbone=..., strategy=..., ...)`` with RunConfig's types and
+    defaults: scikit-learn's ``get_params`` / ``clone`` read it."""
+    from .config import FLAT, SECTIONS
+    from .settings import type_hints
+
+    defaults = RunConfig().flat()
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("self", kind)]
+    for name in CLASSIFIER_PARAMS:
+        section, field_name = FLAT[name]
+        params.append(inspect.Parameter(
+            name, kind, default=_CLASSIFIER_DEFAULTS.get(name, defaults[name]),
+            annotation=type_hints(SECTIONS[section])[field_name]))
+    return inspect.Signature(params)
+
+
 class TransferClassifier(ClassifierMixin, BaseEstimator):
     """A scikit-learn estimator over any backbone and strategy.
 
     ``X`` is a sequence of image paths, image arrays or texts; ``y`` any labels.  Works in
     ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``.  A validation split for the
-    engine's epoch selection is carved from the training data (``val_fraction``).
+    engine's epoch selection is carved from the training data (``val_fraction``).  The
+    parameters are the :class:`~transferkit.config.RunConfig` settings named in
+    :data:`CLASSIFIER_PARAMS`, with RunConfig's defaults (``quiet`` defaults to true).
     """
 
-    def __init__(self, backbone: str | None = None, strategy: str = "freeze", epochs: int = 10,
-                 lr: float | None = None, batch_size: int = 32, seed: int = 0,
-                 options: dict | None = None, head: dict | None = None, image_size: int | None = None,
-                 val_fraction: float = 0.15, cache_dir: str | None = None, out: str | None = None,
-                 quiet: bool = True):
-        self.backbone = backbone
-        self.strategy = strategy
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.seed = seed
-        self.options = options
-        self.head = head
-        self.image_size = image_size
-        self.val_fraction = val_fraction
-        self.cache_dir = cache_dir
-        self.out = out
-        self.quiet = quiet
+    _signature = _classifier_signature()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        bound = self._signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for name in CLASSIFIER_PARAMS:
+            setattr(self, name, bound.arguments[name])
+
+    __init__.__signature__ = _signature  # type: ignore[attr-defined]
 
     def fit(self, X, y):
         import tempfile
@@ -554,11 +675,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         modality = _guess_modality(X)
         s = samples_from_list(X, modality, names, yi)
         s.origins = [f"X[{i}]" for i in range(len(X))]
-        out = self.out or tempfile.mkdtemp(prefix="transferkit-")
-        self.model_ = fit(s, backbone=self.backbone, strategy=self.strategy, options=self.options,
-                          head=self.head, out=out, cache_dir=self.cache_dir, image_size=self.image_size,
-                          val_fraction=self.val_fraction, test_fraction=0.0, quiet=self.quiet,
-                          epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        params = {name: getattr(self, name) for name in CLASSIFIER_PARAMS}
+        params["out"] = self.out or tempfile.mkdtemp(prefix="transferkit-")
+        self.model_ = fit(s, test_fraction=0.0, **params)
         return self
 
     def _items(self, X):

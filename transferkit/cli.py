@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,9 +34,14 @@ def _kv(s: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+#: flags of ``fit`` that are no setting of a run: they say how to run the command
+FIT_COMMAND_FLAGS = ("help", "debug", "config", "resume")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug])
     common.add_argument("--quiet", "-q", action="store_true", help="print only results")
 
     p = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from "
@@ -44,65 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 parents=[common])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    f = sub.add_parser("fit", parents=[common], help="adapt a pretrained backbone to labelled data",
+    f = sub.add_parser("fit", parents=[debug], help="adapt a pretrained backbone to labelled data",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    f.add_argument("data", nargs="?", help="image folder, CSV/TSV, text folder, .tar.gz or .npz")
-    f.add_argument("--val", help="validation data (else carved from DATA, seeded, stratified)")
-    f.add_argument("--test", help="test data: scored at the end, never used for a choice "
-                   "(with --target: the target domain's labelled test split)")
-    f.add_argument("--target", help="domain adaptation: the target domain's data (its labels, "
-                   "if any, are never read unless --target-labels grants some)")
-    f.add_argument("--domain-column", metavar="COL",
-                   help="DATA is one table whose column COL names each row's domain; --target "
-                   "then names the target domain, every other row is the source")
-    f.add_argument("--target-labels", type=int, metavar="N",
-                   help="grant N labelled target samples per class for training "
-                   "(semi-supervised; TrAdaBoost needs them)")
-    f.add_argument("--select", choices=["auto", "source-val", "iwv", "dev", "entropy"],
-                   help="label-free criterion choosing the epoch of a domain-adaptation run "
-                   "(default auto = dev)")
-    f.add_argument("--backbone", "-b", help="backbone name (default: efficientnet_lite0 for "
-                   "images, minilm for text); see `transferkit list backbones`")
-    f.add_argument("--strategy", "-s", default=None, help="strategy (default: freeze); see "
-                   "`transferkit list strategies`")
-    f.add_argument("--option", "-o", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="strategy option, e.g. -o layers=3 -o backbone_lr=1e-4")
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--lr", type=float, help="learning rate (head for freeze; top backbone group "
-                   "for finetune/partial)")
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
-    f.add_argument("--schedule", choices=["cosine", "constant", "linear"])
-    f.add_argument("--warmup", type=float, dest="warmup_epochs", help="warm-up epochs")
-    f.add_argument("--weight-decay", type=float)
-    f.add_argument("--patience", type=int, help="early stopping after N epochs without "
-                   "validation improvement")
-    f.add_argument("--label-smoothing", type=float)
-    f.add_argument("--head", dest="head_kind", choices=["auto", "linear", "mlp", "bilstm"])
-    f.add_argument("--hidden", type=int, help="hidden units of an mlp / bilstm head")
-    f.add_argument("--dropout", type=float, help="head dropout")
-    f.add_argument("--image-size", type=int, help="input size (smaller is faster)")
-    f.add_argument("--max-length", type=int, help="longest token sequence for text backbones")
-    f.add_argument("--weights", help="local weights file (.safetensors / .pth) for timm:<name>")
-    f.add_argument("--grayscale", action="store_true", default=None,
-                   help="convert images to one channel, fed as three")
-    f.add_argument("--augment", action="store_true", default=None,
-                   help="random resized crop, flip, rotation (backbone re-run every epoch)")
-    f.add_argument("--seed", type=int)
-    f.add_argument("--text-column")
-    f.add_argument("--image-column")
-    f.add_argument("--label-column")
-    f.add_argument("--val-fraction", type=float)
-    f.add_argument("--test-fraction", type=float)
-    f.add_argument("--skip-bad", action="store_true", default=None,
-                   help="skip unreadable images and list them")
-    f.add_argument("--cache-dir", help="feature cache folder (default $TRANSFERKIT_CACHE_DIR "
-                   "or ~/.cache/transferkit/features)")
-    f.add_argument("--no-cache", action="store_true", default=None)
-    f.add_argument("--workers", type=int, help="image decoding worker processes")
-    f.add_argument("--device", help="cpu (default), cuda, auto")
-    f.add_argument("--out", help="run folder (default runs/<time>-<strategy>)")
-    f.add_argument("--config", help="JSON or TOML file of the same settings (flags win)")
+    add_setting_flags(f)
+    f.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML file of the same "
+                   "settings, nested by section or flat (flags win)")
     f.add_argument("--resume", metavar="RUN", help="finish an interrupted run from its last checkpoint")
 
     e = sub.add_parser("evaluate", parents=[common], help="score a bundle on labelled data")
@@ -134,58 +86,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "warmup_epochs",
-              "weight_decay", "patience", "label_smoothing", "grayscale", "augment", "seed",
-              "skip_bad", "workers", "device", "select")
-FIT_KEYS = ("val", "test", "backbone", "strategy", "image_size", "max_length", "weights",
-            "text_column", "image_column", "label_column", "val_fraction", "test_fraction",
-            "cache_dir", "no_cache", "out", "target", "target_labels", "domain_column")
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (the data path is the positional DATA), grouped by
+    section; every flag defaults to None so that a config file's value shows through."""
+    from .config import SECTIONS, flat_name, leaves
+    from .settings import meta
+
+    groups = {s: parser.add_argument_group(f"{s} settings") for s in SECTIONS}
+    for section, f, hint in leaves():
+        m, dest = meta(f), flat_name(f)
+        if dest == "data":
+            groups[section].add_argument("data", nargs="?", help=m["help"])
+            continue
+        flags, kw = setting_flag(f, hint)
+        groups[section].add_argument(*flags, dest=dest, default=None, **kw)
 
 
-def _load_config(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() == ".toml":
-            import tomllib
+def setting_flag(f, hint) -> tuple[list[str], dict[str, Any]]:
+    """The option strings and ``add_argument`` keywords of one RunConfig field: a boolean
+    is a switch (``--name``, or ``--no-name`` when it defaults to true), a table is
+    ``KEY=VALUE`` repeated, anything else takes one value of the field's type."""
+    from .settings import meta, split_optional
 
-            return tomllib.loads(text)
-        return json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse fault is the user's file
-        raise ConfigError(f"{path}: cannot parse config ({type(e).__name__}: {e})") from None
+    m = meta(f)
+    base, _ = split_optional(hint)
+    long = m["flag"] or "--" + f.name.replace("_", "-")
+    help_ = m["help"]
+    if base is bool:
+        if f.default is True:
+            return ["--no-" + long[2:]], {"action": "store_false", "help": "do not " + help_}
+        return [long] + ([m["short"]] if m["short"] else []), {"action": "store_true",
+                                                                 "help": help_}
+    flags = [long] + ([m["short"]] if m["short"] else [])
+    if base is dict:
+        return flags, {"action": "append", "type": _kv, "metavar": m["metavar"], "help": help_}
+    if f.default not in (None, dataclasses.MISSING):
+        help_ += f" (default {f.default})"
+    return flags, {"type": base, "choices": m["choices"], "metavar": m["metavar"], "help": help_}
+
+
+def given_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, by flat name (``-o`` pairs as a table)."""
+    from .config import FLAT
+
+    out = {k: getattr(a, k) for k in FLAT if getattr(a, k, None) is not None}
+    if "options" in out:
+        out["options"] = dict(out["options"])
+    return out
 
 
 def cmd_fit(a) -> int:
     from . import api
+    from .config import RunConfig, load_config_file
 
     if a.resume:
-        api.resume(a.resume, quiet=a.quiet)
+        api.resume(a.resume, quiet=bool(a.quiet))
         return 0
-    conf = _load_config(a.config) if a.config else {}
-    conf = {k.replace("-", "_"): v for k, v in conf.items()}
-    data = a.data or conf.pop("data", None)
-    if not data:
+    cfg = load_config_file(a.config) if a.config else RunConfig()
+    cfg = cfg.updated(given_settings(a), where="command line")
+    if cfg.data.path is None:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz), or --resume RUN")
-    options = dict(conf.pop("options", {}) or {})
-    options.update(dict(a.option))
-    head = dict(conf.pop("head", {}) or {})
-    for k, v in (("kind", a.head_kind), ("hidden", a.hidden), ("dropout", a.dropout)):
-        if v is not None:
-            head[k] = v
-    kwargs: dict[str, Any] = {}
-    for k in FIT_KEYS + TRAIN_KEYS:
-        v = getattr(a, k, None)
-        if v is not None:
-            kwargs[k] = v
-        elif k in conf:
-            kwargs[k] = conf.pop(k)
-    unknown = set(conf) - set(FIT_KEYS) - set(TRAIN_KEYS)
-    if unknown:
-        raise ConfigError(f"{a.config}: unknown setting(s): {', '.join(sorted(unknown))}")
-    kwargs.setdefault("strategy", "freeze")
-    api.fit(data, options=options, head=head, quiet=a.quiet, **kwargs)
+    api.fit(config=cfg)
     return 0
 
 

@@ -9,8 +9,12 @@ features).  The run prints validation and test figures and where the bundle and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def demo_data(folder: Path) -> Path:
@@ -27,6 +31,18 @@ def demo_data(folder: Path) -> Path:
     return path
 
 
+def demo_config() -> "RunConfig":
+    """The demo's settings: EfficientNet-Lite0 at 128 px, frozen, an MLP head, 30 epochs."""
+    from .config import RunConfig
+
+    return RunConfig.from_dict({
+        "backbone": {"name": "efficientnet_lite0", "image_size": 128},
+        "strategy": {"name": "freeze"},
+        "head": {"kind": "mlp", "hidden": 512, "dropout": 0.2},
+        "train": {"epochs": 30, "lr": 3e-3, "seed": 0},
+    }, where="demo")
+
+
 def run_demo(out: str = "runs/demo", cache_dir: str | None = None, quiet: bool = False):
     from . import api
 
@@ -36,9 +52,7 @@ def run_demo(out: str = "runs/demo", cache_dir: str | None = None, quiet: bool =
     if not quiet:
         print(f"demo: scikit-learn digits ({data}), backbone efficientnet_lite0 (ImageNet, offline), "
               "strategy freeze")
-    tm = api.fit(data, backbone="efficientnet_lite0", strategy="freeze", out=out_p,
-                 image_size=128, epochs=30, lr=3e-3, seed=0, cache_dir=cache_dir, quiet=quiet,
-                 head={"kind": "mlp", "hidden": 512, "dropout": 0.2})
+    tm = api.fit(data, config=demo_config(), out=out_p, cache_dir=cache_dir, quiet=quiet)
     m = tm.metrics
     print(f"validation accuracy {m['val']['accuracy']:.4f} (macro F1 {m['val']['macro_f1']:.4f}, "
           f"n={m['val']['n']})")

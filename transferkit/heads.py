@@ -14,41 +14,41 @@ Sequence features without ``pooled`` are mean-pooled over the mask for ``linear`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .settings import Settings, setting
 
 HEAD_KINDS = ("auto", "linear", "mlp", "bilstm")
 
 
 @dataclass
-class HeadConfig:
-    kind: str = "auto"
-    hidden: int = 256
-    dropout: float = 0.2
+class HeadConfig(Settings):
+    """The head's settings (a section of the run's configuration)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    section: ClassVar[str] = "head"
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown head option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+    kind: str = setting("auto", "head on top of the backbone: linear, mlp, bilstm, or auto "
+                        "(the strategy's, else bilstm for word vectors, else linear)",
+                        flag="--head", choices=HEAD_KINDS, flat="head")
+    hidden: int = setting(256, "hidden units of an mlp / bilstm head")
+    dropout: float = setting(0.2, "head dropout")
 
-    def resolved(self, backbone_output: str) -> "HeadConfig":
+    def validate(self) -> "HeadConfig":
         if self.kind not in HEAD_KINDS:
             raise ConfigError(f"unknown head {self.kind!r}; choose one of {', '.join(HEAD_KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"head dropout must be in [0, 1), got {self.dropout}")
         if self.hidden < 1:
             raise ConfigError(f"head hidden size must be >= 1, got {self.hidden}")
+        return self
+
+    def resolved(self, backbone_output: str) -> "HeadConfig":
+        self.validate()
         kind = self.kind
         if kind == "auto":
             kind = "bilstm" if backbone_output == "sequence" else "linear"

@@ -1,43 +1,56 @@
-"""Training settings shared by every strategy (a versioned, strict dataclass)."""
+"""Training settings shared by every strategy (a section of the run's configuration).
+
+Every field is declared once, with its type, default, one-line help and command-line
+spelling (:func:`~transferkit.settings.setting`); the ``fit`` command's flags, config files,
+``run_config.json`` and the Python API all derive from these declarations.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from ..errors import ConfigError
+from ..settings import Settings, setting
+from .domain import CRITERIA
 
-OPTIMIZERS = ("adamw", "sgd", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
+DEVICES = ("cpu", "cuda", "auto", "mps")
 #: the label-free criterion used when adapting to a target domain (see engine/domain.py)
 DEFAULT_DOMAIN_SELECTION = "dev"
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 10
-    lr: float | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    patience: int | None = None
-    label_smoothing: float = 0.0
-    max_grad_norm: float | None = None
-    seed: int = 0
-    augment: bool = False
-    grayscale: bool = False
-    skip_bad: bool = False
-    workers: int | None = None
-    device: str = "cpu"
+class TrainConfig(Settings):
+    section: ClassVar[str] = "train"
+
+    epochs: int = setting(10, "training epochs (of the last stage)")
+    lr: float | None = setting(None, "learning rate (head for freeze; top backbone group for "
+                               "finetune/partial); default: the strategy's")
+    batch_size: int = setting(32, "training batch size")
+    eval_batch_size: int = setting(64, "batch size for evaluation and feature extraction")
+    optimizer: str = setting("adamw", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = setting(1e-4, "weight decay")
+    momentum: float = setting(0.9, "momentum (sgd)")
+    schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
+    warmup_epochs: float = setting(0.0, "warm-up epochs", flag="--warmup")
+    patience: int | None = setting(None, "early stopping after N epochs without validation "
+                                   "improvement", metavar="N")
+    label_smoothing: float = setting(0.0, "label smoothing of the classification loss, in [0, 1)")
+    max_grad_norm: float | None = setting(None, "clip the gradient norm to this value")
+    seed: int = setting(0, "seed of splits, initialisation and batch order")
+    augment: bool = setting(False, "random resized crop, flip, rotation (backbone re-run "
+                            "every epoch)")
+    grayscale: bool = setting(False, "convert images to one channel, fed as three")
+    skip_bad: bool = setting(False, "skip unreadable images and list them")
+    workers: int | None = setting(None, "image decoding worker processes")
+    device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto")
     #: how the epoch to keep is chosen when adapting to an unlabelled target domain:
-    #: "auto" (= DEFAULT_DOMAIN_SELECTION), "source-val", "iwv", "dev" or "entropy"; runs
-    #: without a target always choose on source validation accuracy
-    select: str = "auto"
+    #: "auto" (= DEFAULT_DOMAIN_SELECTION); runs without a target always choose on source
+    #: validation accuracy
+    select: str = setting("auto", "label-free criterion choosing the epoch of a domain-"
+                          "adaptation run (auto = dev)", choices=("auto",) + CRITERIA)
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -46,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -54,10 +69,8 @@ class TrainConfig:
             raise ConfigError(f"--patience must be >= 1, got {self.patience}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.device not in ("cpu", "cuda", "auto", "mps") and not self.device.startswith("cuda:"):
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}")
-        from .domain import CRITERIA
-
         if self.select not in ("auto",) + CRITERIA:
             raise ConfigError(f"unknown selection criterion {self.select!r}; choose auto, "
                               + ", ".join(CRITERIA))
@@ -67,17 +80,6 @@ class TrainConfig:
         if not has_target:
             return "source-val"
         return DEFAULT_DOMAIN_SELECTION if self.select == "auto" else self.select
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        return cls(**d).validate()
 
 
 def resolve_device(name: str):

@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from ..errors import ConfigError
+from ..settings import coerce, type_hints
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Options:
 
     @classmethod
     def parse(cls, strategy: str, raw: dict[str, Any]) -> "Options":
+        """Options from ``raw`` (e.g. ``-o layers=3``): each value coerced by the field's
+        annotation; an unknown key is refused, naming the valid ones."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         out: dict[str, Any] = {}
         for key, value in raw.items():
@@ -89,33 +92,16 @@ class Options:
             if k not in known:
                 names = ", ".join(sorted(known)) or "none"
                 raise ConfigError(f"strategy {strategy!r} has no option {key!r} (options: {names})")
-            out[k] = _coerce(strategy, k, value, known[k])
+            out[k] = _coerce(cls, strategy, k, value)
         return cls(**out)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _coerce(strategy: str, key: str, value: Any, f: dataclasses.Field) -> Any:
-    default = f.default if f.default is not dataclasses.MISSING else None
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        if "bool" in typ:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if "float" in typ:
-            return None if value.lower() == "none" else float(value)
-        if "int" in typ:
-            return None if value.lower() == "none" else int(value)
-    except ValueError:
-        raise ConfigError(f"strategy {strategy!r}: option {key}={value!r} is not a valid {typ}") from None
-    del default
-    return value
+def _coerce(cls: type, strategy: str, key: str, value: Any) -> Any:
+    """``value`` as the option's declared type, read from the real annotation of ``cls``."""
+    return coerce(value, type_hints(cls)[key], f"strategy {strategy!r}: option {key}")
 
 
 class Strategy:
