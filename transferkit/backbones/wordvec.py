@@ -133,6 +133,7 @@ class WordVectorBackbone(Backbone):
 
     modality = "text"
     output = "sequence"
+    family = "word-vectors"
 
     def __init__(self, weight: torch.Tensor, encode: Callable[[list[str]], list[list[int]]], *,
                  name: str, spec: dict[str, Any], identity: str | Callable[[], str],
