@@ -48,19 +48,11 @@ from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
 from ..io import save_with, write_json, write_text
 from ..strategies.prompt import PromptTokens
+from .plots import _plt
 
 _HEAD_NAMES = {"global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "pool",
                "flatten", "pre_logits", "head_hidden_size"}
 _CONTAINERS = ("blocks", "stages", "layers", "features")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # --------------------------------------------------------------------------- entry point
