@@ -11,10 +11,10 @@ from PIL import Image
 
 import transferkit
 from transferkit.backbones import build_backbone
+from transferkit.backbones.image import capture_vit_attention
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import HeadConfig, build_model
-from transferkit.report.explain import (_kind, attention_rollout, capture_vit_attention, explain,
-                                        vit_attention)
+from transferkit.report.explain import _kind, attention_rollout, explain, vit_attention
 
 from conftest import make_image_folder, make_text_csv
 

@@ -1,7 +1,6 @@
 """transferkit: transfer learning from pretrained image and text backbones."""
 
-__version__ = "0.1.0"
-
-from .api import TrainedModel, TransferClassifier, fit, load  # noqa: E402
+from .api import TrainedModel, TransferClassifier, fit, load
+from .version import __version__
 
 __all__ = ["TrainedModel", "TransferClassifier", "fit", "load", "__version__"]

@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .backbones import build_from_spec
 from .errors import BundleError
+from .heads import HeadConfig, build_model
 from .io import save_tensors, write_json
+from .strategies.base import get_strategy
+from .version import __version__
 
 FORMAT = "transferkit-bundle"
 FORMAT_VERSION = 1
@@ -79,10 +82,6 @@ def load_model(path: str | Path):
     """Rebuild ``(model, strategy, config)`` from a bundle folder."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from .backbones import build_from_spec
-    from .heads import HeadConfig, build_model
-    from .strategies.base import get_strategy
 
     path = Path(path)
     cfg = read_config(path)

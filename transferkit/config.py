@@ -195,7 +195,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """``{"format_version": 2, "transferkit_version": ..., <section>: {...}}``; data
         given in memory is written as ``"<in-memory>"``."""
-        from . import __version__
+        from .version import __version__
 
         out: dict[str, Any] = {"format_version": FORMAT_VERSION,
                                "transferkit_version": __version__}

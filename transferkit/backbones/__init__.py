@@ -1,7 +1,13 @@
-"""Pretrained backbones behind one interface, registered by name."""
+"""Pretrained backbones behind one interface, registered by name.
 
-from .base import (Backbone, backbone_modality, build_backbone, build_from_spec, list_backbones,
-                   register_backbone)
+Importing the package imports the built-in backbone modules, which register their names; the
+registry in :mod:`.base` itself imports none of them (no import cycle).  Each module keeps its
+heavy libraries (timm, transformers) lazy, so this stays cheap.
+"""
 
-__all__ = ["Backbone", "backbone_modality", "build_backbone", "build_from_spec", "list_backbones",
-           "register_backbone"]
+from . import digits, image, text, wordvec  # noqa: F401  (registers the built-in backbones)
+from .base import (FAMILIES, Backbone, TokenLayout, ValueProjection, backbone_modality,
+                   build_backbone, build_from_spec, list_backbones, register_backbone)
+
+__all__ = ["FAMILIES", "Backbone", "TokenLayout", "ValueProjection", "backbone_modality",
+           "build_backbone", "build_from_spec", "list_backbones", "register_backbone"]

@@ -15,16 +15,71 @@ output; ``partial`` unfreezes the last N of them and ``finetune`` gives each its
 learning rate.  ``spec()`` is a JSON-able dict from which :func:`build_backbone` rebuilds
 the same backbone (used by bundles), and ``identity()`` names the weights exactly (used by
 the feature cache and by bundles to refuse a mismatched backbone).
+
+What strategies and reports may ask of a backbone beyond its features (never by probing its
+class or its private attributes):
+
+* :attr:`Backbone.family`: ``"vit"`` (a timm Vision Transformer), ``"cnn"`` (any other image
+  model, read as convolutional feature maps), ``"text-encoder"`` (a BERT-style transformer
+  encoder) or ``"word-vectors"`` (a static embedding table);
+* :attr:`Backbone.network`: the wrapped network (the timm or transformers model), where
+  adapters go and hooks are put; the backbone itself when it wraps none;
+* :meth:`Backbone.transformer_blocks`: the encoder layers / ViT blocks, input to output
+  (empty for CNNs and word vectors);
+* :meth:`Backbone.attention_values`: per block, the linear map that computes the attention
+  values (:class:`ValueProjection`);
+* :meth:`Backbone.token_features`: the features plus the final token states and their mask;
+* :meth:`Backbone.pool_tokens`: the backbone's own pooling of token states;
+* :meth:`Backbone.token_layout`: where the patch tokens of a ViT sit;
+* :meth:`Backbone.attention_maps`: a context that records every block's attention
+  probabilities;
+* :meth:`Backbone.input_embeddings` and :meth:`Backbone.token_names`: the token embedding
+  module and the names of token ids (text encoders).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import BackboneError, ConfigError
+
+
+#: the architecture families a backbone may belong to
+FAMILIES = ("vit", "cnn", "text-encoder", "word-vectors")
+
+
+@dataclass(frozen=True)
+class ValueProjection:
+    """The linear map of one attention block whose output rows ``start:stop`` are the values.
+
+    A separate value projection has ``start = 0, stop = out_features``; a fused ``[q | k | v]``
+    projection (timm ViTs) has the last third.  ``W_v = linear.weight[start:stop]``.
+    """
+
+    linear: nn.Linear
+    start: int
+    stop: int
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.linear.weight
+        return w if (self.start, self.stop) == (0, w.shape[0]) else w[self.start:self.stop]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of an image transformer sit: ``prefix`` class / register tokens first,
+    then the ``grid`` (rows, columns) of patch tokens; ``has_cls`` when the first is a class
+    token."""
+
+    prefix: int
+    grid: tuple[int, int]
+    has_cls: bool
 
 
 class Backbone(nn.Module):
@@ -45,6 +100,8 @@ class Backbone(nn.Module):
     #: whether the weights were learnt elsewhere; a backbone that is not (``digits-cnn``)
     #: must be trained, and its features change as it trains (no feature cache)
     pretrained: bool = True
+    #: architecture family, one of :data:`FAMILIES`
+    family: str = "cnn"
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -66,6 +123,55 @@ class Backbone(nn.Module):
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return f"{self.name} ({self.modality}, {n:,} parameters, {self.feature_dim}-d {self.output})"
+
+    # ------------------------------------------------------------------ what others may ask
+
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped network (timm / transformers model); the backbone itself by default."""
+        return self
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The transformer blocks (ViT blocks, encoder layers), input to output; ``[]`` if none."""
+        return []
+
+    def attention_values(self) -> list[ValueProjection]:
+        """One :class:`ValueProjection` per transformer block, in block order; ``[]`` when the
+        backbone has no blocks or their value projections cannot be reached."""
+        return []
+
+    def token_features(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                  torch.Tensor | None]:
+        """``(features, tokens, mask)``: :meth:`forward`'s features, the final token states
+        ``(B, N, D)`` (all tokens, after the final norm) and their ``(B, N)`` mask (``None``
+        when every token is real)."""
+        feats = self(batch)
+        if "tokens" not in feats:
+            raise ConfigError(f"backbone {self.name!r} gives no token features")
+        return feats, feats["tokens"], feats.get("mask")
+
+    def pool_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The ``pooled`` features this backbone makes of token states ``(B, T, D)``."""
+        raise ConfigError(f"backbone {self.name!r} does not pool token states")
+
+    def token_layout(self) -> TokenLayout | None:
+        """Where the patch tokens sit (image transformers); ``None`` for other backbones."""
+        return None
+
+    @contextlib.contextmanager
+    def attention_maps(self) -> Iterator[list[torch.Tensor]]:
+        """Within the context, every call of a transformer block appends its attention
+        probabilities ``(B, heads, Tq, Tk)`` to the yielded list, in call order."""
+        raise ConfigError(f"backbone {self.name!r} has no attention maps to read")
+        yield []  # pragma: no cover
+
+    def input_embeddings(self) -> nn.Module | None:
+        """The module that embeds token ids (its output: ``(B, T, D)``); ``None`` if none."""
+        return None
+
+    def token_names(self, ids: list[int]) -> list[str]:
+        """The tokenizer's names of token ids (``[CLS]``, ``good``, ``##s``, ...)."""
+        raise ConfigError(f"backbone {self.name!r} takes images, not text")
 
 
 # --------------------------------------------------------------------------- registry
@@ -107,13 +213,7 @@ def register_backbone(name: str, *, modality: str, description: str, offline: bo
     return deco
 
 
-def _ensure_builtins() -> None:
-    # Importing the modules registers their backbones.
-    from . import digits, image, text, wordvec  # noqa: F401
-
-
 def list_backbones(include_test: bool = False) -> list[_Entry]:
-    _ensure_builtins()
     entries = [e for e in _REGISTRY.values() if include_test or not e.test_only]
     return sorted(entries, key=lambda e: (e.modality, e.name)) + [
         _PREFIXES[k] for k in sorted(_PREFIXES)
@@ -125,7 +225,6 @@ def backbone_modality(name: str) -> str:
 
 
 def _lookup(name: str) -> tuple[_Entry, str | None]:
-    _ensure_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name], None
     if ":" in name:

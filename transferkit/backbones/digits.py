@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import BackboneError
 from .base import Backbone, register_backbone
+from .image import _no_extra_kwargs, file_sha256
 
 #: seed of the random initialisation, so a rebuilt backbone has the same starting weights
 INIT_SEED = 0
@@ -70,9 +72,6 @@ class DigitsCNN(Backbone):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from ..errors import BackboneError
-        from .image import file_sha256
-
         try:
             sd = load_file(str(path))
         except (FileNotFoundError, SafetensorError, OSError) as exc:
@@ -98,8 +97,6 @@ class DigitsCNN(Backbone):
                                "(not pretrained; for digits domain adaptation)")
 def digits_cnn(width: int = 32, feature_dim: int = 500, weights: str | None = None,
                **kwargs: Any) -> DigitsCNN:
-    from .image import _no_extra_kwargs
-
     _no_extra_kwargs("digits-cnn", kwargs, "width, feature_dim, weights")
     bb = DigitsCNN(int(width), int(feature_dim))
     if weights:

@@ -20,6 +20,7 @@ not part of :meth:`TimmBackbone.layer_groups`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -27,14 +28,14 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from ..errors import BackboneError
-from .base import Backbone, register_backbone
+from ..errors import BackboneError, ConfigError
+from .base import Backbone, TokenLayout, ValueProjection, register_backbone
 
 #: seed of every random initialisation made here, so that "random-init" names one weight set
 RANDOM_INIT_SEED = 0
@@ -206,6 +207,66 @@ def timm_layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     return merged
 
 
+# --------------------------------------------------------------------------- Vision Transformers
+
+#: what a timm ViT must have for its pieces to be run one by one (prompts, explain)
+_VIT_PARTS = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm",
+              "forward_head", "num_prefix_tokens")
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ``VisionTransformer`` with the usual pieces."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer) and all(hasattr(model, a) for a in _VIT_PARTS)
+
+
+def vit_value_projections(vit: nn.Module) -> list[ValueProjection]:
+    """The V third of every block's fused ``qkv`` (timm ``Attention``); ``[]`` if a block has
+    another attention."""
+    from timm.models.vision_transformer import Attention
+
+    blocks = list(getattr(vit, "blocks", []))
+    dim = int(getattr(vit, "embed_dim", 0))
+    out = []
+    for blk in blocks:
+        attn = getattr(blk, "attn", None)
+        qkv = getattr(attn, "qkv", None)
+        if not (isinstance(attn, Attention) and isinstance(qkv, nn.Linear)
+                and qkv.in_features == dim and qkv.out_features % 3 == 0):
+            return []
+        a = qkv.out_features // 3
+        out.append(ValueProjection(qkv, 2 * a, 3 * a))
+    return out
+
+
+@contextlib.contextmanager
+def capture_vit_attention(vit: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the attention probabilities ``(B, heads, N, N)`` of every block call, in order.
+
+    Each block's ``attn.fused_attn`` is switched off for the context and ``attn.attn_drop``
+    hooked (its input is the softmax)."""
+    maps: list[torch.Tensor] = []
+    handles, saved = [], []
+    try:
+        for i, blk in enumerate(vit.blocks):
+            attn = getattr(blk, "attn", None)
+            if attn is None or not hasattr(attn, "fused_attn") or \
+                    not isinstance(getattr(attn, "attn_drop", None), nn.Module):
+                raise ConfigError(f"block {i} of this Vision Transformer has no timm "
+                                  "Attention module whose weights can be read")
+            saved.append((attn, attn.fused_attn))
+            attn.fused_attn = False
+            handles.append(attn.attn_drop.register_forward_hook(
+                lambda m, args, out: maps.append(args[0].detach().float())))
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()
+        for attn, fused in saved:
+            attn.fused_attn = fused
+
+
 # --------------------------------------------------------------------------- the backbone
 
 class TimmBackbone(Backbone):
@@ -225,7 +286,37 @@ class TimmBackbone(Backbone):
         self._weights_tag = weights_tag
         self._groups = groups or timm_layer_groups
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        self.family = "vit" if is_vit(model) else "cnn"
         self.eval()
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks) if self.family == "vit" else []
+
+    def attention_values(self) -> list[ValueProjection]:
+        return vit_value_projections(self.model) if self.family == "vit" else []
+
+    def token_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                        torch.Tensor | None]:
+        if self.family != "vit":
+            return super().token_features(x)
+        tokens = self.model.forward_features(x)
+        return {"pooled": self.model.forward_head(tokens, pre_logits=True)}, tokens, None
+
+    def token_layout(self) -> TokenLayout | None:
+        if self.family != "vit":
+            return None
+        gh, gw = (int(v) for v in self.model.patch_embed.grid_size)
+        return TokenLayout(prefix=int(self.model.num_prefix_tokens), grid=(gh, gw),
+                           has_cls=getattr(self.model, "cls_token", None) is not None)
+
+    def attention_maps(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        if self.family != "vit":
+            return super().attention_maps()
+        return capture_vit_attention(self.model)
 
     @property
     def imagenet_head(self) -> nn.Module | None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError, ConfigError
-from .base import Backbone, register_backbone
+from .base import Backbone, ValueProjection, register_backbone
 from .wordvec import COMMON_WORDS, _as_text_list, sha256_prefix
 
 POOLINGS = ("mean", "cls")
@@ -37,6 +37,8 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.in
                  "pytorch_model.bin.index.json")
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _HUB_PROBE_TIMEOUT_S = 3.0
+#: value projections tried, in order, inside each encoder layer (BERT, DistilBERT, MPNet)
+_VALUE_PATHS = ("attention.self.value", "attention.v_lin", "attention.attn.v")
 
 
 class HFTextBackbone(Backbone):
@@ -52,6 +54,7 @@ class HFTextBackbone(Backbone):
 
     modality = "text"
     output = "pooled"
+    family = "text-encoder"
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, pooling: str = "mean",
                  normalize: bool = False, max_length: int = 128,
@@ -99,15 +102,19 @@ class HFTextBackbone(Backbone):
             tokens = torch.zeros((0, mask.shape[1], self.feature_dim), device=device, dtype=dtype)
             return {"pooled": tokens[:, 0], "tokens": tokens, "mask": mask}
         tokens = self.model(**inputs).last_hidden_state
+        return {"pooled": self.pool_tokens(tokens, mask), "tokens": tokens, "mask": mask}
+
+    def pool_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over the real tokens (or the CLS token), L2-normalised with ``normalize``."""
         if self.pooling == "cls":
             pooled = tokens[:, 0]
         else:
-            m = mask.unsqueeze(-1).to(tokens.dtype)
+            m = mask.bool().unsqueeze(-1).to(tokens.dtype)
             # same arithmetic as sentence_transformers.models.Pooling (mean tokens)
             pooled = (tokens * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1e-9)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return {"pooled": pooled, "tokens": tokens, "mask": mask}
+        return pooled
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """[embeddings], one group per transformer layer, [pooler + everything else]."""
@@ -141,6 +148,62 @@ class HFTextBackbone(Backbone):
             id(p) for p in all_params}, f"{self.name}: layer groups do not cover every parameter once"
         return groups
 
+    # ------------------------------------------------------------------ what others may ask
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return _find_layers(self.model)
+
+    def attention_values(self) -> list[ValueProjection]:
+        out = []
+        for layer in self.transformer_blocks():
+            found = next((m for m in (_get_path(layer, path) for path in _VALUE_PATHS)
+                          if isinstance(m, nn.Linear) and m.in_features == self.feature_dim), None)
+            if found is None:
+                return []
+            out.append(ValueProjection(found, 0, found.out_features))
+        return out
+
+    @contextlib.contextmanager
+    def attention_maps(self) -> Iterator[list[torch.Tensor]]:
+        """Eager attention for the context; each layer call appends the last attention
+        probabilities ``(B, heads, Tq, Tk)`` that the layer or a module inside it returned."""
+        maps: list[torch.Tensor] = []
+        handles = []
+
+        def inner(seen: list[torch.Tensor]):
+            def hook(m, args, out):
+                if isinstance(out, tuple) and len(out) > 1 and \
+                        isinstance(out[1], torch.Tensor) and out[1].dim() == 4:
+                    seen.append(out[1].detach().float())
+            return hook
+
+        def outer(seen: list[torch.Tensor]):
+            def hook(m, args, out):
+                if seen:
+                    maps.append(seen[-1])
+                    seen.clear()
+            return hook
+
+        with _eager_attention(self.model):
+            try:
+                for layer in self.transformer_blocks():
+                    seen: list[torch.Tensor] = []
+                    handles += [mod.register_forward_hook(inner(seen)) for mod in layer.modules()]
+                    handles.append(layer.register_forward_hook(outer(seen)))
+                yield maps
+            finally:
+                for h in handles:
+                    h.remove()
+
+    def input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def token_names(self, ids: list[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens(ids))
+
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, **self._spec}
 
@@ -165,15 +228,20 @@ def _effective_max_length(requested: int, model: nn.Module, tokenizer: Any) -> i
     return limit
 
 
+def _get_path(obj: Any, path: str) -> Any:
+    """``obj.a.b.c`` for ``path = "a.b.c"``; ``None`` when a step is missing."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def _find_layers(model: nn.Module) -> list[nn.Module]:
     """The list of transformer blocks of an encoder (BERT, RoBERTa, DistilBERT, ...)."""
     for path in ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer",
                  "encoder.block", "block", "h"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
+        obj = _get_path(model, path)
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return list(obj)
     n = getattr(model.config, "num_hidden_layers", None)
@@ -181,6 +249,26 @@ def _find_layers(model: nn.Module) -> list[nn.Module]:
         if isinstance(module, nn.ModuleList) and n and len(module) == n:
             return list(module)
     return []
+
+
+@contextlib.contextmanager
+def _eager_attention(encoder: nn.Module) -> Iterator[None]:
+    """Switch the encoder to eager attention (which returns its probabilities) for the context."""
+    cfg = getattr(encoder, "config", None)
+    orig = getattr(cfg, "_attn_implementation", None)
+    setter = getattr(encoder, "set_attn_implementation", None)
+    switched = False
+    if callable(setter) and orig not in (None, "eager"):
+        try:
+            setter("eager")
+            switched = True
+        except Exception:  # noqa: BLE001 - then the attention weights may be unavailable
+            switched = False
+    try:
+        yield
+    finally:
+        if switched:
+            setter(orig)
 
 
 @contextlib.contextmanager

@@ -133,6 +133,7 @@ class WordVectorBackbone(Backbone):
 
     modality = "text"
     output = "sequence"
+    family = "word-vectors"
 
     def __init__(self, weight: torch.Tensor, encode: Callable[[list[str]], list[list[int]]], *,
                  name: str, spec: dict[str, Any], identity: str | Callable[[], str],
@@ -261,18 +262,9 @@ def read_word_vectors(path: str | os.PathLike, max_vocab: int | None = None
     after that many distinct words.  Any malformed line raises :class:`BackboneError` naming
     the file and the line.
     """
-    p = Path(path).expanduser()
+    p = _vectors_file(path, max_vocab)
     label = p.name
-    if not p.is_file():
-        raise BackboneError(f"vectors:{path}: file not found")
-    lower = p.name.lower()
-    if lower.endswith(_REFUSED_SUFFIXES):
-        raise BackboneError(f"{label}: only text word-vector files are read (one 'word v1 v2 ...' "
-                            "per line, optionally .gz); convert binary or pickled vectors to text")
-    if max_vocab is not None and int(max_vocab) < 1:
-        raise ConfigError(f"vectors:{path}: max_vocab must be at least 1, got {max_vocab}")
-
-    opener = gzip.open if lower.endswith(".gz") else open
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
     words: list[str] = []
     rows: list[list[float]] = []
     seen: set[str] = set()
@@ -283,13 +275,9 @@ def read_word_vectors(path: str | os.PathLike, max_vocab: int | None = None
     try:
         with opener(p, "rt", encoding="utf-8", errors="replace", newline="\n") as f:
             for lineno, raw in enumerate(f, start=1):
-                if "\x00" in raw:
-                    raise BackboneError(f"{label}: line {lineno}: binary data; only text "
-                                        "word-vector files are read")
-                line = raw.strip(" \t\r\n")
-                if not line:
+                parts = _vector_line_parts(raw, label, lineno)
+                if not parts:
                     continue
-                parts = re.split(r"[ \t]+", line)
                 if lineno == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
                     declared, dim = int(parts[0]), int(parts[1])
                     if dim < 1:
@@ -301,22 +289,7 @@ def read_word_vectors(path: str | os.PathLike, max_vocab: int | None = None
                     if dim < 1:
                         raise BackboneError(f"{label}: line {lineno}: expected a word followed "
                                             "by numbers")
-                n_numbers = len(parts) - 1
-                if n_numbers < dim:
-                    raise BackboneError(f"{label}: line {lineno}: expected {dim} numbers, "
-                                        f"got {n_numbers}")
-                head, tail = parts[: len(parts) - dim], parts[len(parts) - dim:]
-                if len(head) > 1 and all(_is_float(x) for x in head[1:]):
-                    # one number too many, not a word containing spaces (as GloVe 840B has)
-                    raise BackboneError(f"{label}: line {lineno}: expected {dim} numbers, "
-                                        f"got {n_numbers}")
-                try:
-                    vec = [float(x) for x in tail]
-                except ValueError:
-                    bad = next(x for x in tail if not _is_float(x))
-                    raise BackboneError(f"{label}: line {lineno}: {bad[:30]!r} is not a "
-                                        "number") from None
-                word = " ".join(head).lower()
+                word, vec = _parse_vector(parts, dim, label, lineno)
                 if word in seen:
                     continue
                 seen.add(word)
@@ -333,6 +306,46 @@ def read_word_vectors(path: str | os.PathLike, max_vocab: int | None = None
         raise BackboneError(f"{label}: header declares {declared} vectors but the file has "
                             f"{n_lines}")
     return words, torch.tensor(rows, dtype=torch.float32)
+
+
+def _vectors_file(path: str | os.PathLike, max_vocab: int | None) -> Path:
+    """The word-vector file, refused when missing or binary / pickled by its name."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BackboneError(f"vectors:{path}: file not found")
+    if p.name.lower().endswith(_REFUSED_SUFFIXES):
+        raise BackboneError(f"{p.name}: only text word-vector files are read (one 'word v1 v2 "
+                            "...' per line, optionally .gz); convert binary or pickled vectors "
+                            "to text")
+    if max_vocab is not None and int(max_vocab) < 1:
+        raise ConfigError(f"vectors:{path}: max_vocab must be at least 1, got {max_vocab}")
+    return p
+
+
+def _vector_line_parts(raw: str, label: str, lineno: int) -> list[str]:
+    """The space / tab separated fields of one line (``[]`` for a blank line)."""
+    if "\x00" in raw:
+        raise BackboneError(f"{label}: line {lineno}: binary data; only text "
+                            "word-vector files are read")
+    line = raw.strip(" \t\r\n")
+    return re.split(r"[ \t]+", line) if line else []
+
+
+def _parse_vector(parts: list[str], dim: int, label: str, lineno: int) -> tuple[str, list[float]]:
+    """``(lower-cased word, dim numbers)`` of one line; the word may hold spaces."""
+    n_numbers = len(parts) - 1
+    if n_numbers < dim:
+        raise BackboneError(f"{label}: line {lineno}: expected {dim} numbers, got {n_numbers}")
+    head, tail = parts[: len(parts) - dim], parts[len(parts) - dim:]
+    if len(head) > 1 and all(_is_float(x) for x in head[1:]):
+        # one number too many, not a word containing spaces (as GloVe 840B has)
+        raise BackboneError(f"{label}: line {lineno}: expected {dim} numbers, got {n_numbers}")
+    try:
+        vec = [float(x) for x in tail]
+    except ValueError:
+        bad = next(x for x in tail if not _is_float(x))
+        raise BackboneError(f"{label}: line {lineno}: {bad[:30]!r} is not a number") from None
+    return " ".join(head).lower(), vec
 
 
 def _is_float(x: str) -> bool:

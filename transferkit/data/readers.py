@@ -549,21 +549,41 @@ def _column_index(names: list[str], wanted: str, path: str, first_row: list[str]
 def _read_table(path: str, *, text_column: str | None, image_column: str | None,
                 label_column: str | None, labelled: bool) -> Samples:
     text = _decode_table(_read_bytes(path, path), path)
-    suffix = _extension(path)
-    if suffix == ".csv":
-        delimiter = _choose_delimiter(text, _TABLE_DELIMITERS)
-    else:
-        if suffix == ".txt" and labelled and "\t" not in text:
-            raise DataError(f"{path}: a .txt file is read as tab-separated rows (text<TAB>label) "
-                            "but it holds no tab; for one sample per file use a folder with "
-                            "one subfolder per class")
-        delimiter = "\t"
-    rows = _table_rows(text, delimiter, path)
+    rows = _table_rows(text, _table_delimiter(text, path, labelled), path)
     if not rows:
         raise DataError(f"{path}: the file holds no rows")
-
     named = {name.strip().lower() for name in (text_column, image_column, label_column) if name}
     header = _has_header(rows, named)
+    names, data_rows = _table_columns(rows, header, path)
+    no_header = None if header else rows[0][1]
+    label_index = _label_index(names, header, label_column, labelled, path, no_header)
+    input_index = _input_index(names, header, data_rows, text_column or image_column,
+                               label_index, path, no_header)
+    values = [(number, fields[input_index].strip()) for number, fields in data_rows]
+    modality = _table_modality(values, text_column, image_column)
+    items, origins = _table_items(values, modality, path)
+    if not labelled or label_index is None:
+        return Samples(modality, items, None, [], origins, path)
+    labels, classes = _table_labels(data_rows, label_index, path)
+    return Samples(modality, items, labels, classes, origins, path)
+
+
+def _table_delimiter(text: str, path: str, labelled: bool) -> str:
+    """``,``-like for ``.csv`` (sniffed), a tab for ``.tsv`` / ``.txt``."""
+    suffix = _extension(path)
+    if suffix == ".csv":
+        return _choose_delimiter(text, _TABLE_DELIMITERS)
+    if suffix == ".txt" and labelled and "\t" not in text:
+        raise DataError(f"{path}: a .txt file is read as tab-separated rows (text<TAB>label) "
+                        "but it holds no tab; for one sample per file use a folder with "
+                        "one subfolder per class")
+    return "\t"
+
+
+def _table_columns(rows: list[tuple[int, list[str]]], header: bool,
+                   path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Column names (from the header row, else ``column N``) and the data rows, each checked
+    to have as many fields as the first row."""
     width = len(rows[0][1])
     if header:
         names = [field.strip() or f"column {i + 1}" for i, field in enumerate(rows[0][1])]
@@ -577,28 +597,36 @@ def _read_table(path: str, *, text_column: str | None, image_column: str | None,
                             f"{'s' if width != 1 else ''}, got {len(fields)}")
     if not data_rows:
         raise DataError(f"{path}: the file holds a header row but no data rows")
+    return names, data_rows
 
-    lowered = [name.lower() for name in names]
-    no_header = None if header else rows[0][1]
-    # label column
+
+def _label_index(names: list[str], header: bool, label_column: str | None, labelled: bool,
+                 path: str, no_header: list[str] | None) -> int | None:
+    """The label column: named, else a header called like a label, else the last column."""
     label_index: int | None = None
     if label_column:
         label_index = _column_index(names, label_column, path, no_header)
     elif header:
+        lowered = [name.lower() for name in names]
         label_index = next((i for i, name in enumerate(lowered) if name in LABEL_COLUMN_NAMES), None)
     if labelled and label_index is None:
-        label_index = width - 1
-    if labelled and width < 2:
+        label_index = len(names) - 1
+    if labelled and len(names) < 2:
         raise DataError(f"{path}: expected at least 2 columns (input and label), found 1")
+    return label_index
 
-    # input column
-    input_name = text_column or image_column
+
+def _input_index(names: list[str], header: bool, data_rows: list[tuple[int, list[str]]],
+                 input_name: str | None, label_index: int | None, path: str,
+                 no_header: list[str] | None) -> int:
+    """The input column: named, else a header called like an input, else the longest column."""
     if input_name:
         input_index = _column_index(names, input_name, path, no_header)
     else:
-        candidates = [i for i in range(width) if i != label_index]
+        candidates = [i for i in range(len(names)) if i != label_index]
         if not candidates:
             raise DataError(f"{path}: no input column besides the label column")
+        lowered = [name.lower() for name in names]
         input_names = set(TEXT_COLUMN_NAMES) | set(IMAGE_COLUMN_NAMES)
         input_index = next((i for i in candidates if header and lowered[i] in input_names), -1)
         if input_index < 0:
@@ -607,17 +635,24 @@ def _read_table(path: str, *, text_column: str | None, image_column: str | None,
     if label_index is not None and input_index == label_index:
         raise DataError(f"{path}: the input column and the label column are both "
                         f"{names[input_index]!r}")
+    return input_index
 
-    values = [(number, fields[input_index].strip()) for number, fields in data_rows]
+
+def _table_modality(values: list[tuple[int, str]], text_column: str | None,
+                    image_column: str | None) -> str:
+    """``image`` when so named or when most filled values are image paths, else ``text``."""
     if image_column:
-        modality = "image"
-    elif text_column:
-        modality = "text"
-    else:
-        filled = [value for _, value in values if value]
-        images = sum(_extension(value) in IMAGE_EXTENSIONS for value in filled)
-        modality = "image" if filled and images * 2 > len(filled) else "text"
+        return "image"
+    if text_column:
+        return "text"
+    filled = [value for _, value in values if value]
+    images = sum(_extension(value) in IMAGE_EXTENSIONS for value in filled)
+    return "image" if filled and images * 2 > len(filled) else "text"
 
+
+def _table_items(values: list[tuple[int, str]], modality: str,
+                 path: str) -> tuple[list, list[str]]:
+    """Texts, or image paths resolved beside the table (each checked to exist), and origins."""
     base = os.path.dirname(path)
     items: list = []
     origins: list[str] = []
@@ -634,9 +669,12 @@ def _read_table(path: str, *, text_column: str | None, image_column: str | None,
         else:
             items.append(value)
             origins.append(f"{path}: line {number}")
+    return items, origins
 
-    if not labelled or label_index is None:
-        return Samples(modality, items, None, [], origins, path)
+
+def _table_labels(data_rows: list[tuple[int, list[str]]], label_index: int,
+                  path: str) -> tuple[np.ndarray, list[str]]:
+    """Label ids and the sorted class names of the label column (no label may be empty)."""
     label_names: list[str] = []
     for number, fields in data_rows:
         label = fields[label_index].strip()
@@ -645,8 +683,7 @@ def _read_table(path: str, *, text_column: str | None, image_column: str | None,
         label_names.append(label)
     classes = sort_classes(label_names)
     position = {name: i for i, name in enumerate(classes)}
-    labels = np.asarray([position[name] for name in label_names], dtype=np.int64)
-    return Samples(modality, items, labels, classes, origins, path)
+    return np.asarray([position[name] for name in label_names], dtype=np.int64), classes
 
 
 def read_domains(path: str | os.PathLike, domain_column: str, *, text_column: str | None = None,

@@ -183,34 +183,60 @@ def resolve_splits(data: dict[str, Samples], *, val: dict[str, Samples] | None =
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ConfigError(f"val and test fractions must be in (0, 1) and sum below 1, got "
                           f"{val_fraction} and {test_fraction}")
+    given, single = _given_splits(data, val, test)
+    _check_labelled_alike(given)
+    given = _on_training_classes(given)
+    train, val_s, test_s = given["train"], given["val"], given["test"]
+    if val_s is None and test_s is None and single and test_fraction > 0:
+        parts = stratified_split(train, {"train": 1 - val_fraction - test_fraction,
+                                         "val": val_fraction, "test": test_fraction}, seed)
+        return {"train": parts["train"], "val": parts["val"], "test": parts["test"]}
+    if val_s is None:
+        parts = stratified_split(train, {"train": 1 - val_fraction, "val": val_fraction}, seed)
+        return {"train": parts["train"], "val": parts["val"], "test": test_s}
+    return {"train": train, "val": val_s, "test": test_s}
+
+
+def _given_splits(data: dict[str, Samples], val: dict[str, Samples] | None,
+                  test: dict[str, Samples] | None) -> tuple[dict[str, Samples | None], bool]:
+    """``({"train", "val", "test"}, single)``: the splits given (explicit val / test inputs
+    win), and whether ``data`` was a single ``"all"``."""
     if "all" in data:
-        train = data["all"]
-        val_s = data.get("val")
-        test_s = data.get("test")
-        single = True
+        train, single = data["all"], True
     elif "train" in data:
-        train, val_s, test_s = data["train"], data.get("val"), data.get("test")
-        single = False
+        train, single = data["train"], False
     else:
         source = next(iter(data.values())).source if data else "data"
         raise DataError(f"{source}: no training data (found splits: {', '.join(data) or 'none'})")
+    val_s, test_s = data.get("val"), data.get("test")
     if val is not None:
         val_s = _one_split(val, "val")
     if test is not None:
         test_s = _one_split(test, "test")
+    return {"train": train, "val": val_s, "test": test_s}, single
 
-    given = {"train": train, "val": val_s, "test": test_s}
+
+def _check_labelled_alike(given: dict[str, Samples | None]) -> None:
+    """Every split given has labels, and all hold the same modality."""
     for name, split in given.items():
         if split is not None and split.labels is None:
             raise DataError(f"{split.source}: the {_SPLIT_WORDS[name]} data has no labels")
     modalities = {split.modality for split in given.values() if split is not None}
     if len(modalities) > 1:
+        train = given["train"]
         raise DataError(f"{train.source}: the training data holds {train.modality}s but the "
                         "validation / test data do not")
 
-    # Every val / test class must have training samples, so the union of the class lists
-    # is the training data's list: keep it (and its order, which may be deliberate).
-    assert train.labels is not None
+
+def _on_training_classes(given: dict[str, Samples | None]) -> dict[str, Samples | None]:
+    """Val / test re-indexed to the training data's class list; a class without training
+    samples is refused.
+
+    Every val / test class must have training samples, so the union of the class lists is the
+    training data's list: keep it (and its order, which may be deliberate)."""
+    given = dict(given)
+    train = given["train"]
+    assert train is not None and train.labels is not None
     classes = list(train.classes)
     train_counts = np.bincount(train.labels, minlength=len(classes))
     seen = {name for name, count in zip(classes, train_counts) if count > 0}
@@ -227,13 +253,4 @@ def resolve_splits(data: dict[str, Samples], *, val: dict[str, Samples] | None =
                             f"{_SPLIT_WORDS[name]} data but not in the training data")
         if split.classes != classes:
             given[name] = split.with_classes(classes)
-
-    val_s, test_s = given["val"], given["test"]
-    if val_s is None and test_s is None and single and test_fraction > 0:
-        parts = stratified_split(train, {"train": 1 - val_fraction - test_fraction,
-                                         "val": val_fraction, "test": test_fraction}, seed)
-        return {"train": parts["train"], "val": parts["val"], "test": parts["test"]}
-    if val_s is None:
-        parts = stratified_split(train, {"train": 1 - val_fraction, "val": val_fraction}, seed)
-        return {"train": parts["train"], "val": parts["val"], "test": test_s}
-    return {"train": train, "val": val_s, "test": test_s}
+    return given

@@ -340,7 +340,17 @@ def kmm_weights(
     :class:`ConfigError`; subsample the source or use :func:`domain_classifier_weights`.
     """
     S, T = check_pair(Xs, Xt, min_rows=1)
-    n_s, n_t = S.shape[0], T.shape[0]
+    eps, sigma, lo, hi = _kmm_settings(S, T, sigma=sigma, B=B, eps=eps, max_rows=max_rows)
+    K, kappa = _kmm_problem(S, T, sigma)
+    step = 1.0 / max(_largest_eigenvalue(K), 1e-12)
+    return _kmm_fista(K, kappa, B=B, lo=lo, hi=hi, step=step, max_iter=max_iter, tol=tol)
+
+
+def _kmm_settings(S: np.ndarray, T: np.ndarray, *, sigma: float | None, B: float,
+                  eps: float | None, max_rows: int) -> tuple[float, float, float, float]:
+    """``(eps, sigma, lo, hi)`` of :func:`kmm_weights`, defaults filled in and checked;
+    ``lo <= sum(b) <= hi`` is the slab constraint."""
+    n_s = S.shape[0]
     if n_s > max_rows:
         raise ConfigError(
             f"KMM on {n_s} source rows exceeds the limit of {max_rows}; subsample the source or "
@@ -359,23 +369,37 @@ def kmm_weights(
     lo, hi = n_s * (1.0 - eps), n_s * (1.0 + eps)
     if lo > n_s * B:
         raise ConfigError(f"KMM constraints are infeasible: B={B} is below 1 - eps={1 - eps:.3g}")
+    return eps, sigma, lo, hi
 
+
+def _kmm_problem(S: np.ndarray, T: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The source kernel matrix ``K`` and ``kappa_i = (n_s / n_t) sum_j k(s_i, t_j)``."""
+    n_s, n_t = S.shape[0], T.shape[0]
     g = 1.0 / (2.0 * sigma * sigma)
     K = np.exp(-g * _sq_dists(S, S))
     kappa = np.zeros(n_s)
     for start in range(0, n_t, 2048):  # chunks keep the n_s x n_t block small
         kappa += np.exp(-g * _sq_dists(S, T[start:start + 2048])).sum(axis=1)
     kappa *= n_s / n_t
+    return K, kappa
 
-    if n_s <= 500:
-        lam = float(linalg.eigvalsh(K, subset_by_index=[n_s - 1, n_s - 1])[0])
-    else:
-        from scipy.sparse.linalg import eigsh
 
-        lam = float(eigsh(K, k=1, which="LA", return_eigenvectors=False, tol=1e-6)[0]) * 1.01
-    step = 1.0 / max(lam, 1e-12)
+def _largest_eigenvalue(K: np.ndarray) -> float:
+    """``lambda_max`` of a symmetric matrix: exact up to 500 rows, else Lanczos plus 1 %."""
+    n = K.shape[0]
+    if n <= 500:
+        return float(linalg.eigvalsh(K, subset_by_index=[n - 1, n - 1])[0])
+    from scipy.sparse.linalg import eigsh
 
-    # FISTA with monotone restart.  K is linear, so K @ y follows from K @ b: one product a step.
+    return float(eigsh(K, k=1, which="LA", return_eigenvectors=False, tol=1e-6)[0]) * 1.01
+
+
+def _kmm_fista(K: np.ndarray, kappa: np.ndarray, *, B: float, lo: float, hi: float, step: float,
+               max_iter: int, tol: float) -> np.ndarray:
+    """FISTA with monotone restart on ``1/2 b^T K b - kappa^T b`` over the box-and-slab set.
+
+    K is linear, so ``K @ y`` follows from ``K @ b``: one product a step."""
+    n_s = K.shape[0]
     scale = 2.0 / (n_s * n_s)  # MMD^2(b) = scale * f(b) + const
     b = _project_box_slab(np.ones(n_s), B, lo, hi)
     Kb = K @ b

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..domain import proxy_a_distance
 from ..io import save_with
+from .plots import _plt
 
 
 def domain_report(trainer, run_dir: Path, *, log: Callable[[str], None] = print,
                   figure: bool = True) -> dict[str, Any]:
-    from ..domain import proxy_a_distance
-
     trainer.snapshot("after")
     snaps = {k: v for k, v in trainer.snapshots.items() if k in ("before", "after")}
     pad = {}
@@ -57,8 +57,6 @@ def tsne_2d(z: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def plot_tsne(snaps: dict[str, tuple], pad: dict[str, float], path: Path, seed: int = 0) -> Path:
-    from .plots import _plt
-
     plt = _plt()
     order = [k for k in ("before", "after") if k in snaps]
     fig, axes = plt.subplots(1, len(order), figsize=(5.2 * len(order), 4.6), squeeze=False)

@@ -40,21 +40,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import Backbone, build_from_spec
+from ..bundle import load_model
+from ..data.images import check_image, open_image
+from ..data.readers import IMAGE_EXTENSIONS
+from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
 from ..io import save_with, write_json, write_text
+from ..strategies.prompt import PromptTokens
+from .plots import _plt
 
 _HEAD_NAMES = {"global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "pool",
                "flatten", "pre_logits", "head_hidden_size"}
 _CONTAINERS = ("blocks", "stages", "layers", "features")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # --------------------------------------------------------------------------- entry point
@@ -66,25 +64,20 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
     are text files (each file one text) or, with ``texts=True``, the texts themselves.
     Returns the paths written: one PNG per input, ``explain.json`` and ``explain.html``.
     """
-    from ..api import load
-
     inputs = [str(x) for x in (inputs or [])]
     if not inputs:
         raise ConfigError("explain: no inputs given")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder")
-    tm = load(bundle_path)
-    cfg = tm.config
-    model = tm.model
+    model, _, cfg = load_model(bundle_path)
+    classes = list(model.classes)
     bb = model.backbone
     kind = _kind(bb)
 
-    if tm.modality == "image":
+    if bb.modality == "image":
         if texts:
             raise ConfigError("explain: this model takes images, not texts")
-        from ..data.images import check_image
-
         items = _image_files(inputs)
         for origin, path in items:  # a bad file fails before any work is done
             check_image(path, origin)
@@ -99,10 +92,7 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
     records: list[dict[str, Any]] = []
     written: list[Path] = []
     model.eval()
-    if tm.modality == "image":
-        from ..data.images import open_image
-        from ..data.transforms import eval_transform
-
+    if bb.modality == "image":
         tf = eval_transform(bb.preprocess)
         grayscale = bool(cfg.get("grayscale", False))
         for i, (origin, path) in enumerate(items):
@@ -111,10 +101,10 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
             name = f"{i:03d}_{_safe(Path(origin).stem)}.png"
             if kind == "vit":
                 rec = _explain_vit(model, fresh, x)
-                _plot_vit(shown, rec, tm.classes, out_dir / name)
+                _plot_vit(shown, rec, classes, out_dir / name)
             else:
                 rec = _explain_cnn(model, fresh, x)
-                _plot_cnn(shown, rec, tm.classes, out_dir / name)
+                _plot_cnn(shown, rec, classes, out_dir / name)
             rec.update({"input": origin, "png": name})
             records.append(rec)
             written.append(out_dir / name)
@@ -122,38 +112,34 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
         for i, (origin, text) in enumerate(items):
             rec = _explain_text(model, fresh, text)
             name = f"{i:03d}_text.png"
-            _plot_text(rec, tm.classes, out_dir / name)
+            _plot_text(rec, classes, out_dir / name)
             rec.update({"input": origin, "text": text, "png": name})
             records.append(rec)
             written.append(out_dir / name)
 
     for rec in records:
         p = rec.pop("probabilities")
-        rec["predicted"] = tm.classes[int(np.argmax(p))]
-        rec["probabilities"] = {c: float(v) for c, v in zip(tm.classes, p)}
+        rec["predicted"] = classes[int(np.argmax(p))]
+        rec["probabilities"] = {c: float(v) for c, v in zip(classes, p)}
     meta = {"bundle": str(Path(bundle_path)), "backbone": bb.name, "kind": kind,
-            "strategy": cfg.get("strategy", {}).get("name"), "classes": list(tm.classes)}
+            "strategy": cfg.get("strategy", {}).get("name"), "classes": list(classes)}
     written.append(write_json(out_dir / "explain.json", {**meta, "inputs": records}))
     written.append(_write_html(out_dir / "explain.html", meta, records))
     return written
 
 
-def _kind(backbone) -> str:
-    from ..strategies.prompt import vit_of
+#: what explain shows for each backbone family
+_KINDS = {"vit": "vit", "cnn": "cnn", "text-encoder": "text"}
 
-    net = getattr(backbone, "model", None)
-    if backbone.modality == "image" and isinstance(net, nn.Module):
-        return "vit" if vit_of(backbone) is not None else "cnn"
-    if backbone.modality == "text" and hasattr(backbone, "tokenizer") and \
-            callable(getattr(net, "get_input_embeddings", None)):
-        return "text"
+
+def _kind(backbone: Backbone) -> str:
+    if backbone.family in _KINDS:
+        return _KINDS[backbone.family]
     raise ConfigError(f"explain: backbone {backbone.name!r} is not supported (explain covers "
                       "timm Vision Transformers and CNNs and transformer text encoders)")
 
 
-def _fresh_backbone(cfg: dict[str, Any]):
-    from ..backbones import build_from_spec
-
+def _fresh_backbone(cfg: dict[str, Any]) -> Backbone:
     bb = build_from_spec(cfg["backbone"])
     if cfg.get("max_length") and hasattr(bb, "max_length"):
         bb.max_length = cfg["max_length"]
@@ -162,8 +148,6 @@ def _fresh_backbone(cfg: dict[str, Any]):
 
 
 def _image_files(inputs: list[str]) -> list[tuple[str, str]]:
-    from ..data.readers import IMAGE_EXTENSIONS
-
     out: list[tuple[str, str]] = []
     for x in inputs:
         p = Path(x)
@@ -210,30 +194,6 @@ def _softmax(logits: torch.Tensor) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ViT attention
 
-@contextmanager
-def capture_vit_attention(vit: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the attention probabilities ``(B, heads, N, N)`` of every block call, in order."""
-    maps: list[torch.Tensor] = []
-    handles, saved = [], []
-    try:
-        for i, blk in enumerate(vit.blocks):
-            attn = getattr(blk, "attn", None)
-            if attn is None or not hasattr(attn, "fused_attn") or \
-                    not isinstance(getattr(attn, "attn_drop", None), nn.Module):
-                raise ConfigError(f"explain: block {i} of this Vision Transformer has no "
-                                  "timm Attention module whose weights can be read")
-            saved.append((attn, attn.fused_attn))
-            attn.fused_attn = False
-            handles.append(attn.attn_drop.register_forward_hook(
-                lambda m, args, out: maps.append(args[0].detach().float())))
-        yield maps
-    finally:
-        for h in handles:
-            h.remove()
-        for attn, fused in saved:
-            attn.fused_attn = fused
-
-
 def attention_rollout(maps: list[torch.Tensor], reset_rows: list[int] | None = None) -> torch.Tensor:
     """Attention rollout ``(N, N)`` of per-block attention ``(heads, N, N)`` (one sample).
 
@@ -253,11 +213,10 @@ def attention_rollout(maps: list[torch.Tensor], reset_rows: list[int] | None = N
     return r
 
 
-def _vit_layout(vit, n_seq: int, model=None) -> dict[str, Any]:
-    from ..strategies.prompt import PromptTokens
-
-    prefix = int(vit.num_prefix_tokens)
-    gh, gw = (int(v) for v in vit.patch_embed.grid_size)
+def _vit_layout(backbone: Backbone, n_seq: int, model=None) -> dict[str, Any]:
+    tl = backbone.token_layout()
+    prefix = tl.prefix
+    gh, gw = tl.grid
     extra = n_seq - prefix - gh * gw
     if extra < 0:
         raise ConfigError(f"explain: attention over {n_seq} tokens does not cover the "
@@ -266,7 +225,7 @@ def _vit_layout(vit, n_seq: int, model=None) -> dict[str, Any]:
     deep = isinstance(prompts, PromptTokens) and prompts.kind == "vit" and prompts.deep and \
         prompts.n_tokens == extra
     return {"prefix": prefix, "extra": extra, "grid": (gh, gw), "deep_prompts": deep,
-            "has_cls": getattr(vit, "cls_token", None) is not None}
+            "has_cls": tl.has_cls}
 
 
 def _vit_maps(maps: list[torch.Tensor], layout: dict[str, Any]) -> dict[str, Any]:
@@ -297,17 +256,15 @@ def vit_attention(target: nn.Module, x: torch.Tensor, *, model: nn.Module | None
     prompts tell where the extra tokens sit).  Returns ``(maps, target(x))``; maps holds the
     ``last`` and ``rollout`` patch grids, the full ``rollout_matrix`` and the ``layout``.
     """
-    from ..strategies.prompt import vit_of
-
-    vit = vit_of(getattr(target, "backbone", target))
-    if vit is None:
+    bb = target if isinstance(target, Backbone) else target.backbone
+    if bb.family != "vit":
         raise ConfigError("explain: attention maps need a timm Vision Transformer backbone")
-    with capture_vit_attention(vit) as maps, torch.no_grad():
+    with bb.attention_maps() as maps, torch.no_grad():
         out = target(x)
     if not maps:
         raise ConfigError("explain: the model ran no attention block")
-    maps = maps[-len(vit.blocks):]
-    layout = _vit_layout(vit, maps[-1].shape[-1], model)
+    maps = maps[-len(bb.transformer_blocks()):]
+    layout = _vit_layout(bb, maps[-1].shape[-1], model)
     res = _vit_maps(maps, layout)
     res["layout"] = layout
     return res, out
@@ -380,7 +337,7 @@ def _normalised(m: np.ndarray) -> np.ndarray:
 
 def grad_cam(model, x: torch.Tensor) -> dict[str, Any]:
     """Grad-CAM of ``model`` (backbone + head) for its predicted class on one image."""
-    net = model.backbone.model
+    net = model.backbone.network
     x = x.clone().requires_grad_(True)
     with _capture_convs(net) as acts, torch.enable_grad():
         logits = model(x)
@@ -394,7 +351,7 @@ def grad_cam(model, x: torch.Tensor) -> dict[str, Any]:
 
 def activation_norm(backbone, x: torch.Tensor, layer: str) -> np.ndarray:
     """L2 norm over channels of ``layer``'s activation in ``backbone`` (class-agnostic)."""
-    with _capture_convs(backbone.model) as acts, torch.no_grad():
+    with _capture_convs(backbone.network) as acts, torch.no_grad():
         backbone(x)
     named = [a for a in acts if a[0] == layer]
     _, act = (named or [_pick(acts)])[-1]
@@ -412,50 +369,6 @@ def _explain_cnn(model, fresh, x: torch.Tensor) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- text
 
-@contextmanager
-def _eager_attention(encoder: nn.Module) -> Iterator[None]:
-    cfg = getattr(encoder, "config", None)
-    orig = getattr(cfg, "_attn_implementation", None)
-    setter = getattr(encoder, "set_attn_implementation", None)
-    switched = False
-    if callable(setter) and orig not in (None, "eager"):
-        try:
-            setter("eager")
-            switched = True
-        except Exception:  # noqa: BLE001 - then the attention weights may be unavailable
-            switched = False
-    try:
-        yield
-    finally:
-        if switched:
-            setter(orig)
-
-
-@contextmanager
-def _capture_last_attention(encoder: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """The attention probabilities ``(B, heads, Tq, Tk)`` computed inside the last layer.
-
-    Every call is kept; the last one is the pass the head reads when a strategy runs the
-    encoder more than once."""
-    from ..backbones.text import _find_layers
-
-    found: list[torch.Tensor] = []
-    layers = _find_layers(encoder)
-    handles = []
-    if layers:
-        for mod in layers[-1].modules():
-            def hook(m, args, out):
-                if isinstance(out, tuple) and len(out) > 1 and \
-                        isinstance(out[1], torch.Tensor) and out[1].dim() == 4:
-                    found.append(out[1].detach().float())
-            handles.append(mod.register_forward_hook(hook))
-    try:
-        yield found
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _attention_profile(attn: list[torch.Tensor], n_tokens: int) -> tuple[np.ndarray | None, float]:
     """Attention each real token receives (mean over heads and real queries), prompt share."""
     if not attn:
@@ -471,7 +384,6 @@ def _attention_profile(attn: list[torch.Tensor], n_tokens: int) -> tuple[np.ndar
 def text_attribution(model, text: str) -> dict[str, Any]:
     """Gradient x input on the token embeddings for the predicted class, and attention."""
     bb = model.backbone
-    enc = bb.model
     batch = bb.tokenize([text])
     ids = batch["input_ids"][0].tolist()
     store: list[torch.Tensor] = []
@@ -481,9 +393,9 @@ def text_attribution(model, text: str) -> dict[str, Any]:
         store.append(t)
         return t
 
-    h = enc.get_input_embeddings().register_forward_hook(keep)
+    h = bb.input_embeddings().register_forward_hook(keep)
     try:
-        with _eager_attention(enc), _capture_last_attention(enc) as attn, torch.enable_grad():
+        with bb.attention_maps() as attn, torch.enable_grad():
             logits = model(batch)
             cls = int(logits[0].argmax())
             # a strategy may embed the tokens more than once (a second, steered pass): the
@@ -496,14 +408,13 @@ def text_attribution(model, text: str) -> dict[str, Any]:
         raise ConfigError("explain: the prediction does not depend on the token embeddings")
     gxi = sum((g[0] * e[0]).sum(-1) for g, e in used).detach().double().numpy()
     received, share = _attention_profile(attn, len(ids))
-    tokens = bb.tokenizer.convert_ids_to_tokens(ids)
+    tokens = bb.token_names(ids)
     return {"tokens": list(tokens), "grad_x_input": gxi, "attention": received,
             "prompt_share": share, "logits": logits.detach(), "class": cls}
 
 
-def text_attention(backbone, text: str) -> np.ndarray | None:
-    enc = backbone.model
-    with _eager_attention(enc), _capture_last_attention(enc) as attn, torch.no_grad():
+def text_attention(backbone: Backbone, text: str) -> np.ndarray | None:
+    with backbone.attention_maps() as attn, torch.no_grad():
         batch = backbone.tokenize([text])
         backbone(batch)
     return _attention_profile(attn, batch["input_ids"].shape[1])[0]

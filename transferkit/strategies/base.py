@@ -162,15 +162,17 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 
 def _ensure_builtins() -> None:
-    """Import every module of this package: each registers its strategies."""
+    """Import every module beside this one: each registers its strategies.
+
+    The folder is listed, not the package object, so this module never imports its own
+    package (no import cycle)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    from .. import strategies as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name != "base":
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def list_strategies() -> list[type[Strategy]]:

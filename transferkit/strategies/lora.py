@@ -1,6 +1,6 @@
 """``lora``: low-rank adapters (PEFT's LoRA) beside frozen backbone weights, plus a new head.
 
-``attach`` injects LoRA layers into the backbone's own model (``backbone.model``: the timm or
+``attach`` injects LoRA layers into the backbone's own model (``backbone.network``: the timm or
 transformers module; the backbone itself when it has none) with
 ``peft.inject_adapter_in_model``, under a fixed seed, so that preparing a fresh backbone again
 (when a bundle is loaded) gives the same module names.  Each adapted layer keeps its original
@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..backbones import Backbone
 from ..errors import ConfigError
 from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
 
@@ -96,7 +97,12 @@ class _Plan:
 
 
 def adapter_root(backbone: nn.Module) -> nn.Module:
-    """The module adapters go into: the backbone's timm / transformers model, else itself."""
+    """The module adapters go into: :attr:`Backbone.network` (the timm / transformers model).
+
+    A bare module that is not a :class:`Backbone` gets them in its ``model`` when it has one,
+    else in itself."""
+    if isinstance(backbone, Backbone):
+        return backbone.network
     inner = getattr(backbone, "model", None)
     return inner if isinstance(inner, nn.Module) else backbone
 

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones import Backbone
 from ..errors import ConfigError
 from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
 
@@ -109,27 +110,16 @@ class PromptTokens(nn.Module):
 
 # --------------------------------------------------------------------------- backbones
 
-def vit_of(backbone) -> Any | None:
+def vit_of(backbone: Backbone) -> Any | None:
     """The timm ``VisionTransformer`` inside ``backbone``, or None."""
-    model = getattr(backbone, "model", None)
-    if model is None or getattr(backbone, "modality", None) != "image":
-        return None
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # pragma: no cover
-        return None
-    if not isinstance(model, VisionTransformer):
-        return None
-    needed = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm",
-              "forward_head", "num_prefix_tokens")
-    return model if all(hasattr(model, a) for a in needed) else None
+    return backbone.network if backbone.family == "vit" else None
 
 
-def text_encoder_of(backbone) -> Any | None:
+def text_encoder_of(backbone: Backbone) -> Any | None:
     """The BERT-style encoder inside a text backbone, or None."""
-    model = getattr(backbone, "model", None)
-    if model is None or getattr(backbone, "modality", None) != "text":
+    if backbone.family != "text-encoder":
         return None
+    model = backbone.network
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in TEXT_MODEL_TYPES:
         return None
@@ -143,7 +133,7 @@ def text_encoder_of(backbone) -> Any | None:
 
 
 def _vit_features(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    vit = model.backbone.model
+    vit = model.backbone.network
     prompts: PromptTokens = model.prompts
     p, n = vit.num_prefix_tokens, prompts.n_tokens
     h = vit.patch_embed(x)
@@ -165,7 +155,7 @@ def _text_features(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     from transformers.masking_utils import create_bidirectional_mask
 
     bb = model.backbone
-    enc = bb.model
+    enc = bb.network
     prompts: PromptTokens = model.prompts
     device = enc.get_input_embeddings().weight.device
     ids = batch["input_ids"].to(device)
@@ -189,14 +179,7 @@ def _text_features(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             h = h[0]
     tokens = h[:, n:]
     m = mask.bool()
-    if getattr(bb, "pooling", "mean") == "cls":
-        pooled = tokens[:, 0]
-    else:
-        w = m.unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * w).sum(dim=1) / torch.clamp(w.sum(dim=1), min=1e-9)
-    if getattr(bb, "normalize", False):
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-    return {"pooled": pooled, "tokens": tokens, "mask": m}
+    return {"pooled": bb.pool_tokens(tokens, m), "tokens": tokens, "mask": m}
 
 
 # --------------------------------------------------------------------------- the strategy

@@ -97,6 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import Backbone, ValueProjection
 from ..errors import ConfigError
 from ..events import Callback
 from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
@@ -105,8 +106,6 @@ from .base import Options, ParamGroup, Stage, Strategy, head_params, register_st
 INIT_SEED = 0
 #: std of the feedback maps' truncated-normal initialisation (timm's ViT init, as upstream)
 INIT_STD = 0.02
-#: value projections tried, in order, inside each encoder layer of a Hugging Face model
-_VALUE_PATHS = ("attention.self.value", "attention.v_lin", "attention.attn.v")
 
 
 # --------------------------------------------------------------------------- the module
@@ -231,98 +230,28 @@ class ReconLoss(Callback):
 class _Target:
     """How to run one backbone: its layers, value projections and the two passes."""
 
-    def __init__(self, dim: int, layers: list[nn.Module], values: list[nn.Module],
-                 add_value: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    def __init__(self, dim: int, layers: list[nn.Module], values: list[ValueProjection],
                  run: Callable[[Any], tuple[dict[str, torch.Tensor], torch.Tensor,
                                             torch.Tensor | None]]):
-        self.dim, self.layers, self.values = dim, layers, values
-        self.add_value, self.run = add_value, run
+        self.dim, self.layers, self.values, self.run = dim, layers, values, run
+
+    @staticmethod
+    def add_value(value: ValueProjection, out: torch.Tensor, td: torch.Tensor) -> torch.Tensor:
+        """Add ``W_v td`` to the value rows of the projection's output (the V third of a fused
+        ``[q | k | v]``), without adding the bias a second time."""
+        add = F.linear(td.to(out.dtype), value.weight)
+        if (value.start, value.stop) != (0, out.shape[-1]):
+            add = F.pad(add, (value.start, out.shape[-1] - value.stop))
+        return out + add
 
 
-def _vit_blocks(model: nn.Module) -> list[nn.Module] | None:
-    try:
-        from timm.models.vision_transformer import Attention, VisionTransformer
-    except ImportError:  # pragma: no cover - timm is a dependency
+def _target(backbone: Backbone) -> _Target | None:
+    """The :class:`_Target` for a backbone whose attention values can be steered, else ``None``."""
+    layers = backbone.transformer_blocks()
+    values = backbone.attention_values()
+    if not layers or len(values) != len(layers):
         return None
-    if not isinstance(model, VisionTransformer):
-        return None
-    blocks = list(getattr(model, "blocks", []))
-    if not blocks:
-        return None
-    dim = int(model.embed_dim)
-    for blk in blocks:
-        attn = getattr(blk, "attn", None)
-        qkv = getattr(attn, "qkv", None)
-        if not (isinstance(attn, Attention) and isinstance(qkv, nn.Linear)
-                and qkv.in_features == dim and qkv.out_features % 3 == 0):
-            return None
-    return blocks
-
-
-def _hf_layers(model: nn.Module, dim: int) -> tuple[list[nn.Module], list[nn.Module]] | None:
-    from ..backbones.text import _find_layers
-
-    layers = _find_layers(model)
-    if not layers:
-        return None
-    values = []
-    for layer in layers:
-        found = None
-        for path in _VALUE_PATHS:
-            obj: Any = layer
-            for part in path.split("."):
-                obj = getattr(obj, part, None)
-                if obj is None:
-                    break
-            if isinstance(obj, nn.Linear) and obj.in_features == dim:
-                found = obj
-                break
-        if found is None:
-            return None
-        values.append(found)
-    return layers, values
-
-
-def _add_v_third(qkv: nn.Linear, out: torch.Tensor, td: torch.Tensor) -> torch.Tensor:
-    """Fused ``[q | k | v]`` output: add ``W_v td`` to the V third only."""
-    a = qkv.out_features // 3
-    add = F.linear(td.to(out.dtype), qkv.weight[2 * a:])
-    return out + F.pad(add, (2 * a, 0))
-
-
-def _add_v(value: nn.Linear, out: torch.Tensor, td: torch.Tensor) -> torch.Tensor:
-    return out + F.linear(td.to(out.dtype), value.weight)
-
-
-def _target(backbone) -> _Target | None:
-    """The :class:`_Target` for a supported backbone, else ``None``."""
-    from ..backbones.image import TimmBackbone
-    from ..backbones.text import HFTextBackbone
-
-    if isinstance(backbone, TimmBackbone):
-        m = backbone.model
-        blocks = _vit_blocks(m)
-        if blocks is None:
-            return None
-
-        def run_vit(x):
-            tokens = m.forward_features(x)
-            return {"pooled": m.forward_head(tokens, pre_logits=True)}, tokens, None
-
-        return _Target(int(m.embed_dim), blocks, [b.attn.qkv for b in blocks], _add_v_third,
-                       run_vit)
-    if isinstance(backbone, HFTextBackbone):
-        found = _hf_layers(backbone.model, backbone.feature_dim)
-        if found is None:
-            return None
-        layers, values = found
-
-        def run_text(batch):
-            feats = backbone(batch)
-            return feats, feats["tokens"], feats["mask"]
-
-        return _Target(int(backbone.feature_dim), layers, values, _add_v, run_text)
-    return None
+    return _Target(values[0].linear.in_features, layers, values, backbone.token_features)
 
 
 def _first(x: Any) -> torch.Tensor:
@@ -361,11 +290,11 @@ def toast_features(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         def value_hook(i: int):
             def hook(module, args, out):
                 fired[i] += 1
-                return target.add_value(module, out, td[i])
+                return target.add_value(target.values[i], out, td[i])
             return hook
 
         for i, v in enumerate(target.values):  # first in line: other hooks see steered values
-            handles.append(v.register_forward_hook(value_hook(i), prepend=True))
+            handles.append(v.linear.register_forward_hook(value_hook(i), prepend=True))
         ins: list[torch.Tensor | None] = [None] * len(target.layers)
         outs: list[torch.Tensor | None] = [None] * len(target.layers)
         if pretuning:
