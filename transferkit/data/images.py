@@ -333,3 +333,29 @@ def scan_images(samples: Samples, *, skip_bad: bool,
     bad_set = set(bad_positions)
     keep = [i for i in range(len(samples)) if i not in bad_set]
     return samples.subset(keep), bad
+
+
+def check_split_images(splits: dict, skip_bad: bool, log) -> dict:
+    """Check the image items of every split (``name -> Samples or None``).
+
+    With ``skip_bad``, unreadable items are left out and each one is reported through
+    ``log``; otherwise the first bad item raises its :class:`~transferkit.errors.DataError`.
+    Splits that are ``None`` or hold no images come back as they are.
+    """
+    out = {}
+    for name, s in splits.items():
+        if s is None or s.modality != "image":
+            out[name] = s
+            continue
+        if skip_bad:
+            kept, bad = scan_images(s, skip_bad=True)
+            if bad:
+                log(f"skipped {len(bad)} unreadable file(s) in {name}:")
+                for origin, reason in bad:
+                    log(f"  {origin}: {reason}")
+            out[name] = kept
+        else:
+            for item, origin in zip(s.items, s.origins):
+                check_image(item, origin)
+            out[name] = s
+    return out
