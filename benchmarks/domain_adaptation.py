@@ -39,28 +39,23 @@ skipped when the script runs again, so an interrupted benchmark continues.
 
 from __future__ import annotations
 
-import os
-
-# one BLAS / OpenMP thread: on a small shared machine, scikit-learn's and numpy's default
-# thread pools oversubscribe the cores and the closed-form fits slow down several-fold
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import hashlib  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import functools
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import CACHE, SHARED, mean_sd  # noqa: E402
+
+# one BLAS / OpenMP thread (set before numpy is imported): scikit-learn's and numpy's default
+# pools oversubscribe a small shared machine and the closed-form fits slow down several-fold
+common.pin_blas_threads(1)
+
+from common import CACHE, SHARED, fmt_pct, mean_sd  # noqa: E402
 
 STEM = "domain_adaptation"
 DIGITS = SHARED / "digits"
@@ -164,9 +159,8 @@ def text_parts(pair, seed: int) -> dict:
 # --------------------------------------------------------------------------- runs
 
 def run_key(kind, pair, seed, method, settings, sizes) -> str:
-    blob = json.dumps({"kind": kind, "pair": list(pair), "seed": seed, "method": method,
-                       "settings": settings, "sizes": sizes}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return common.run_key({"kind": kind, "pair": list(pair), "seed": seed, "method": method,
+                           "settings": settings, "sizes": sizes})
 
 
 def method_settings(kind: str, method: str, sz: dict) -> dict:
@@ -194,7 +188,6 @@ def method_settings(kind: str, method: str, sz: dict) -> dict:
 def one_run(kind, pair, seed, method, settings, parts, *, weights=None, keep_tsne=None,
             keep_weights=None) -> dict:
     import transferkit
-    import transferkit.report.domain as report_domain
 
     settings = dict(settings)
     select = settings.pop("select", DEFAULT_CRITERION)
@@ -203,31 +196,21 @@ def one_run(kind, pair, seed, method, settings, parts, *, weights=None, keep_tsn
         data = parts["target"]
     if weights is not None:
         settings["weights"] = str(weights)
-    orig = report_domain.domain_report
     if keep_tsne is None:  # t-SNE pictures only for the representative run (they cost 5-20 s)
-        if "figures" in inspect.signature(transferkit.fit).parameters:
-            settings["figures"] = False
-        else:
-            def no_figure(*a, **kw):
-                kw["figure"] = False
-                return orig(*a, **kw)
-            report_domain.domain_report = no_figure
-    try:
-        with tempfile.TemporaryDirectory(prefix="tk-da-") as tmp:
-            t0 = time.perf_counter()
-            model = transferkit.fit(data, target=target, test=parts["test"], seed=seed,
-                                    out=tmp, quiet=True, select=select,
-                                    cache_dir=str(CACHE / ("da_digits" if kind == "digits"
-                                                           else "")).rstrip("/"),
-                                    **settings)
-            seconds = time.perf_counter() - t0
-            if keep_tsne is not None and (Path(tmp) / "domain_tsne.png").exists():
-                shutil.copyfile(Path(tmp) / "domain_tsne.png", keep_tsne)
-            if keep_weights is not None:
-                Path(keep_weights).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(tmp) / "bundle" / "model.safetensors", keep_weights)
-    finally:
-        report_domain.domain_report = orig
+        settings["figures"] = False
+    with tempfile.TemporaryDirectory(prefix="tk-da-") as tmp:
+        t0 = time.perf_counter()
+        model = transferkit.fit(data, target=target, test=parts["test"], seed=seed,
+                                out=tmp, quiet=True, select=select,
+                                cache_dir=str(CACHE / ("da_digits" if kind == "digits"
+                                                       else "")).rstrip("/"),
+                                **settings)
+        seconds = time.perf_counter() - t0
+        if keep_tsne is not None and (Path(tmp) / "domain_tsne.png").exists():
+            shutil.copyfile(Path(tmp) / "domain_tsne.png", keep_tsne)
+        if keep_weights is not None:
+            Path(keep_weights).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(tmp) / "bundle" / "model.safetensors", keep_weights)
     m = model.metrics
     sel = m["domain"]["selection"]
     pad = m["domain"].get("proxy_a_distance") or {}
@@ -328,92 +311,91 @@ def main(argv=None) -> None:
                     help="smoke run: tiny digits subsets, one epoch per stage, seed 0, one pair "
                          "per kind; results under benchmarks/.cache/quick_results")
     ap.add_argument("--report-only", action="store_true", help="tables from the stored runs")
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_threads_arg(ap)
     args = ap.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    runs_path = CACHE / (f"{STEM}_quick_runs.jsonl" if args.quick else f"{STEM}_runs.jsonl")
     if args.quick:
         args.seeds = args.seeds[:1]
-        common.RESULTS = CACHE / "quick_results"
+        common.use_quick_results()
     kinds = [k for k in ("text", "digits") if args.only in (None, k)]
     pairs = {"digits": DIGIT_PAIRS[2:] if args.quick else DIGIT_PAIRS,
              "text": TEXT_PAIRS[:1] if args.quick else TEXT_PAIRS}
-    done = common.load_runs(runs_path)
+    store = common.RunStore(common.runs_path(STEM, args.quick))
     rows = []
     t_all = time.perf_counter()
     for kind in kinds:
-        sz = sizes[kind]
         for seed in args.seeds:  # seeds outermost: a cut-short run still covers every pair
             for pair in pairs[kind]:
-                parts = None
-                wfile = CACHE / "da_weights" / (f"{'quick_' if args.quick else ''}"
-                                                f"{pair[0]}-{pair[1]}_s{seed}.safetensors")
-                for method in METHODS:
-                    settings = method_settings(kind, method, sz)
-                    key = run_key(kind, pair, seed, method, settings, sz)
-                    need_w = kind == "digits" and method in FEATURE
-                    if key not in done and not args.report_only:
-                        if parts is None:
-                            parts = (digits_parts(pair, seed, sz) if kind == "digits"
-                                     else text_parts(pair, seed))
-                        if need_w and not wfile.exists():
-                            # the source-only run of this pair and seed writes them; redo it
-                            so = method_settings(kind, "source-only", sz)
-                            one_run(kind, pair, seed, "source-only", so, parts,
-                                    keep_weights=wfile)
-                        tsne = None
-                        if (kind, f"{pair[0]}->{pair[1]}", seed, method) == TSNE_RUN:
-                            tsne = common.RESULTS / f"{STEM}_tsne.png"
-                            common.RESULTS.mkdir(parents=True, exist_ok=True)
-                        print(f"[{time.strftime('%H:%M:%S')}] {kind} {pair_name(kind, pair)} "
-                              f"seed {seed} {method} ...", flush=True)
-                        row = one_run(kind, pair, seed, method, settings, parts,
-                                      weights=wfile if need_w else None, keep_tsne=tsne,
-                                      keep_weights=(wfile if kind == "digits"
-                                                    and method == "source-only" else None))
-                        row["key"] = key
-                        common.store_run(runs_path, row)
-                        done[key] = row
-                        lf = row["label_free"]
-                        print(f"    dev {row['test_acc']:.3f}  oracle {row['oracle_acc']:.3f}  "
-                              + " ".join(f"{c} {lf.get(c) or float('nan'):.3f}" for c in CRITERIA)
-                              + f"  {row['seconds']:.0f}s", flush=True)
-                    if key in done:
-                        rows.append(done[key])
+                rows += pair_runs(store, kind, pair, seed, sizes[kind], args)
     # plain PyTorch baseline (digits MNIST -> USPS, source-only)
     plain = []
     if "digits" in kinds:
         sz = sizes["digits"]
         pair = DIGIT_PAIRS[2] if args.quick else DIGIT_PAIRS[0]
         for seed in args.seeds:
-            key = run_key("plain", pair, seed, "plain-pytorch source-only", {}, sz)
-            if key not in done and not args.report_only:
-                print(f"[{time.strftime('%H:%M:%S')}] plain PyTorch {pair_name('digits', pair)} "
-                      f"seed {seed} ...", flush=True)
+            def run_plain():
                 r = plain_source_only(digits_parts(pair, seed, sz), seed, sz)
-                r.update(key=key, kind="plain", pair=f"{pair[0]}->{pair[1]}")
-                common.store_run(runs_path, r)
-                done[key] = r
-                print(f"    val {r['val_acc']:.3f} test {r['test_acc']:.3f} {r['seconds']:.0f}s",
-                      flush=True)
-            if key in done:
-                plain.append(done[key])
+                r.update(kind="plain", pair=f"{pair[0]}->{pair[1]}")
+                return r
+
+            r = store.run(run_key("plain", pair, seed, "plain-pytorch source-only", {}, sz),
+                          run_plain, label=f"plain PyTorch {pair_name('digits', pair)} seed {seed}",
+                          only_stored=args.report_only)
+            if r is not None:
+                plain.append(r)
     print(f"runs present ({time.perf_counter() - t_all:.0f}s this invocation)")
     report(rows, plain, args, sizes, pairs, kinds)
+
+
+def _summary(row: dict) -> str:
+    lf = row["label_free"]
+    return (f"dev {row['test_acc']:.3f}  oracle {row['oracle_acc']:.3f}  "
+            + " ".join(f"{c} {lf.get(c) or float('nan'):.3f}" for c in CRITERIA)
+            + f"  {row['seconds']:.0f}s")
+
+
+def pair_runs(store, kind, pair, seed, sz, args) -> list[dict]:
+    """Every method on one pair and seed: stored runs read back, the others run and stored."""
+    parts = None
+    wfile = CACHE / "da_weights" / (f"{'quick_' if args.quick else ''}"
+                                    f"{pair[0]}-{pair[1]}_s{seed}.safetensors")
+    rows = []
+    for method in METHODS:
+        settings = method_settings(kind, method, sz)
+        need_w = kind == "digits" and method in FEATURE
+
+        def run():
+            nonlocal parts
+            if parts is None:
+                parts = (digits_parts(pair, seed, sz) if kind == "digits"
+                         else text_parts(pair, seed))
+            if need_w and not wfile.exists():
+                # the source-only run of this pair and seed writes them; redo it
+                so = method_settings(kind, "source-only", sz)
+                one_run(kind, pair, seed, "source-only", so, parts, keep_weights=wfile)
+            tsne = None
+            if (kind, f"{pair[0]}->{pair[1]}", seed, method) == TSNE_RUN:
+                tsne = common.results_dir() / f"{STEM}_tsne.png"
+                common.results_dir().mkdir(parents=True, exist_ok=True)
+            return one_run(kind, pair, seed, method, settings, parts,
+                           weights=wfile if need_w else None, keep_tsne=tsne,
+                           keep_weights=(wfile if kind == "digits" and method == "source-only"
+                                         else None))
+
+        row = store.run(run_key(kind, pair, seed, method, settings, sz), run,
+                        label=f"{kind} {pair_name(kind, pair)} seed {seed} {method}",
+                        summary=_summary, only_stored=args.report_only)
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- report
 
 def _pct(xs) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    m, s = mean_sd(xs)
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
+    return fmt_pct(xs, empty="-")
 
 
 def report(rows, plain, args, sizes, pairs, kinds) -> None:
@@ -638,13 +620,10 @@ jobs):
     dig = table("digits", False) if "digits" in kinds else []
     txt = table("text", True) if "text" in kinds else []
     first = dig or txt
-    path = common.write_table(STEM, csv_rows, title="Domain adaptation: digits and UCI sentiment",
-                              notes=notes + "\n## Verdicts\n\n" + "\n".join(verdicts)
-                              + "\n\n## " + ("Digits" if dig else "Text"), md_rows=first)
     extra = []
     if dig and txt:
         extra.append("\n## Text (UCI sentiment, MiniLM frozen)\n")
-        extra.append(_md(txt))
+        extra.append(common.md_table(txt, str))
     extra.append("\n## Label-free criteria compared\n\n"
                  "Mean over every run (all methods and pairs except the upper bound) of the "
                  "oracle target accuracy minus the target accuracy at the criterion's choice, in "
@@ -652,7 +631,7 @@ jobs):
                  "setting as good as the oracle's. source-val = source validation accuracy; iwv "
                  "= importance-weighted source validation accuracy; dev = Deep Embedded "
                  "Validation; entropy = mean prediction entropy on the unlabelled target.\n")
-    extra.append(_md(crit_rows))
+    extra.append(common.md_table(crit_rows, str))
     gaps = {r["criterion"]: r["all: mean gap to oracle (points)"] for r in crit_rows}
     try:
         best_c = min(gaps, key=lambda c: float(gaps[c]))
@@ -665,26 +644,18 @@ jobs):
     except ValueError:
         pass
     extra.append(plain_md)
-    with open(path, "a") as f:
-        f.write("\n".join(extra) + "\n")
+    path = common.write_table(STEM, csv_rows, title="Domain adaptation: digits and UCI sentiment",
+                              notes=notes + "\n## Verdicts\n\n" + "\n".join(verdicts)
+                              + "\n\n## " + ("Digits" if dig else "Text"), md_rows=first,
+                              extra="\n".join(extra) + "\n")
     plot(by, args, pairs, kinds)
     print(path.read_text())
 
 
-def _md(rows) -> str:
-    cols = list(rows[0].keys())
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot(by, args, pairs, kinds) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = common.pyplot()
     allp = [(k, p) for k in kinds for p in pairs[k]]
     ncol = 3
     nrow = (len(allp) + ncol - 1) // ncol
@@ -692,16 +663,19 @@ def plot(by, args, pairs, kinds) -> None:
     x = np.arange(len(METHODS))
     for ax, (kind, (a, b)) in zip(axes.flat, allp):
         p = f"{a}->{b}"
-        for j, (what, lab, col) in enumerate((("test_acc", "label-free (dev)", "tab:blue"),
-                                              ("oracle_acc", "oracle", "tab:orange"))):
-            ms, sds = [], []
+
+        def values(what):
+            out = []
             for m in METHODS:
                 runs = by.get((kind, p, m), {})
-                v = [runs[s][what] for s in args.seeds if s in runs and runs[s][what] is not None]
-                mm, sd = mean_sd(v)
-                ms.append(100 * mm)
-                sds.append(100 * sd)
-            ax.bar(x + (j - 0.5) * 0.4, ms, 0.4, yerr=sds, capsize=2, label=lab, color=col)
+                out.append(mean_sd(runs[s][what] for s in args.seeds
+                                   if s in runs and runs[s][what] is not None))
+            return out
+
+        common.grouped_bars(ax, len(METHODS), [
+            {"label": lab, "color": col, "values": values(what)}
+            for what, lab, col in (("test_acc", "label-free (dev)", "tab:blue"),
+                                   ("oracle_acc", "oracle", "tab:orange"))], capsize=2)
         so = by.get((kind, p, "source-only"), {})
         if so:
             ax.axhline(100 * mean_sd(r["test_acc"] for r in so.values())[0], color="k", lw=0.8,
@@ -718,8 +692,7 @@ def plot(by, args, pairs, kinds) -> None:
                  f"oracle choice (mean ± sd over {len(args.seeds)} seeds; dashed: source-only)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(common.RESULTS / f"{STEM}.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, STEM, dpi=110)
 
 
 if __name__ == "__main__":

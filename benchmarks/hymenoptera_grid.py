@@ -17,7 +17,6 @@ when the script runs again, so an interrupted benchmark continues where it stopp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -27,10 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import CACHE, RESULTS, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
+from common import CACHE, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
 
 STEM = "hymenoptera_grid"
-RUNS = CACHE / f"{STEM}_runs.jsonl"
 BACKBONE = "efficientnet_lite0"
 MODES = {"colour": False, "grey": True}
 
@@ -62,17 +60,13 @@ TARGETS = {"colour": 0.965, "grey": 0.94}
 # --------------------------------------------------------------------------- run store
 
 def run_key(mode: str, seed: int, settings: dict) -> str:
-    blob = json.dumps({"backbone": BACKBONE, "mode": mode, "seed": seed, "settings": settings},
-                      sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return common.run_key({"backbone": BACKBONE, "mode": mode, "seed": seed,
+                           "settings": settings})
 
 
-def load_runs() -> dict[str, dict]:
-    return common.load_runs(RUNS)
-
-
-def store_run(row: dict) -> None:
-    common.store_run(RUNS, row)
+def run_store() -> common.RunStore:
+    """This benchmark's finished runs (``peft_hymenoptera.py`` adds its runs to the same)."""
+    return common.RunStore(common.runs_path(STEM))
 
 
 # --------------------------------------------------------------------------- one run
@@ -109,15 +103,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--strategies", nargs="+", default=list(configs), choices=list(configs))
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a small shared machine more "
-                         "OpenMP threads than free cores slow training down several-fold)")
+    common.add_threads_arg(ap)
     args = ap.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    done = load_runs()
+    common.set_threads(args.threads)
+    store = run_store()
     t_all = time.perf_counter()
     rows: list[dict] = []
     # cheap configurations first: they fill the feature cache the staged ones reuse
@@ -125,16 +115,10 @@ def main(argv=None) -> None:
         for mode in args.modes:
             for seed in args.seeds:
                 settings = configs[name]
-                key = run_key(mode, seed, settings)
-                if key not in done:
-                    print(f"[{time.strftime('%H:%M:%S')}] {name} {mode} seed {seed} ...", flush=True)
-                    row = one_run(mode, seed, name, settings)
-                    row["key"] = key
-                    store_run(row)
-                    done[key] = row
-                    print(f"    val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  "
-                          f"{row['seconds']:.0f}s", flush=True)
-                rows.append({k: v for k, v in done[key].items() if k != "key"})
+                row = store.run(run_key(mode, seed, settings),
+                                lambda: one_run(mode, seed, name, settings),
+                                label=f"{name} {mode} seed {seed}")
+                rows.append(common.without_key(row))
     print(f"all runs present ({time.perf_counter() - t_all:.0f}s this invocation)")
     report(rows, args, configs)
 
@@ -229,29 +213,26 @@ in time. Sum of run times:
 {total_s / 60:.1f} min ({base_s / 60:.1f} min for the base grid{extra_s}). The ResNet-18 references are the seed notebook's single runs.
 Per-run rows: `results/{STEM}.csv`.
 """
-    write_table(STEM, csv_rows, title="Hymenoptera: freeze vs fine-tune, colour and grey "
-                f"({BACKBONE})", notes=notes, md_rows=md_rows)
+    path = write_table(STEM, csv_rows, title="Hymenoptera: freeze vs fine-tune, colour and grey "
+                       f"({BACKBONE})", notes=notes, md_rows=md_rows)
     plot(summary, args)
-    print((RESULTS / f"{STEM}.md").read_text())
+    print(path.read_text())
 
 
 def plot(summary: dict, args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = common.pyplot()
     names = list(args.strategies)
     x = np.arange(len(names))
     width = 0.8 / len(args.modes)
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(names) + 3.5), 4.5))
     colours = {"colour": "tab:orange", "grey": "0.55"}
+    common.grouped_bars(ax, len(names), [
+        {"label": mode, "color": colours.get(mode),
+         "values": [summary[(n, mode)] for n in names]} for mode in args.modes])
     for i, mode in enumerate(args.modes):
         off = (i - (len(args.modes) - 1) / 2) * width
-        vals = [summary[(n, mode)] for n in names]
-        ax.bar(x + off, [100 * v[0] for v in vals], width, yerr=[100 * v[1] for v in vals],
-               capsize=3, label=mode, color=colours.get(mode))
         refs = [(j, REFERENCE.get((n, mode))) for j, n in enumerate(names)]
         refs = [(j, r) for j, r in refs if r]
         if refs:
@@ -268,8 +249,7 @@ def plot(summary: dict, args) -> None:
     ax.set_title(f"{BACKBONE}: mean ± sd over {len(args.seeds)} seeds (dotted: targets)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, STEM)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import hymenoptera_grid as grid  # noqa: E402
-from common import RESULTS, fmt_pct, mean_sd, write_table  # noqa: E402
+from common import fmt_pct, fmt_share, mean_sd, write_table  # noqa: E402
 
 STEM = "peft_hymenoptera"
 MODE = "colour"
@@ -57,34 +57,21 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=EPOCHS,
                     help="epochs of lora and bitfit (default 3; finetune trains the whole "
                          "network for 4)")
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_threads_arg(ap)
     args = ap.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     cfgs = configs(args.epochs)
-    done = grid.load_runs()
+    store = grid.run_store()
     rows = []
     for name in args.strategies:
         for seed in args.seeds:
             settings = cfgs[name]
-            key = grid.run_key(MODE, seed, settings)
-            if key not in done:
-                print(f"[{time.strftime('%H:%M:%S')}] {name} {MODE} seed {seed} ...", flush=True)
-                row = grid.one_run(MODE, seed, name, settings)
-                row["key"] = key
-                grid.store_run(row)
-                done[key] = row
-                print(f"    val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  "
-                      f"{row['seconds']:.0f}s", flush=True)
-            rows.append({k: v for k, v in done[key].items() if k != "key"})
+            row = store.run(grid.run_key(MODE, seed, settings),
+                            lambda: grid.one_run(MODE, seed, name, settings),
+                            label=f"{name} {MODE} seed {seed}")
+            rows.append(common.without_key(row))
     report(rows, args)
-
-
-def _pct(frac: float) -> str:
-    p = 100 * frac
-    return f"{p:.0f}" if p >= 10 else f"{p:.2g}"
 
 
 def report(rows, args) -> None:
@@ -103,7 +90,7 @@ def report(rows, args) -> None:
             "test (hymenoptera val)": fmt_pct(r["test_acc"] for r in rs),
             "selection split": fmt_pct(r["val_acc"] for r in rs),
             "trainable params": "/".join(f"{p:,}" for p in params),
-            "trainable %": _pct(params[0] / (total["efficientnet_lite0"] + 2562)),
+            "trainable %": fmt_share(params[0] / (total["efficientnet_lite0"] + 2562)),
             "best epoch (stage)": ", ".join(f"{r['best_epoch']} ({r['best_stage']})" for r in rs),
             "s / run": f"{statistics.median(r['seconds'] for r in rs):.0f}",
         })
@@ -150,22 +137,18 @@ three beats the frozen backbone with a trained linear head: ants vs bees is clos
 separable in ImageNet features, and with 195 training images adapting the backbone buys
 nothing measurable.
 """
-    write_table(STEM, csv_rows, title=f"Hymenoptera: freeze / fine-tune / LoRA / BitFit "
-                f"({grid.BACKBONE}, colour)", notes=notes, md_rows=md_rows)
+    path = write_table(STEM, csv_rows, title=f"Hymenoptera: freeze / fine-tune / LoRA / BitFit "
+                       f"({grid.BACKBONE}, colour)", notes=notes, md_rows=md_rows)
     plot(summary, rows, args)
-    print((RESULTS / f"{STEM}.md").read_text())
+    print(path.read_text())
 
 
 def plot(summary, rows, args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     names = list(summary)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.bar(range(len(names)), [100 * summary[n][0] for n in names],
-           yerr=[100 * summary[n][1] for n in names], capsize=4, color="tab:orange")
+    common.grouped_bars(ax, len(names), [{"values": [summary[n] for n in names],
+                                          "color": "tab:orange"}], capsize=4)
     for i, n in enumerate(names):
         ys = [100 * r["test_acc"] for r in rows if r["config"] == n]
         ax.scatter([i] * len(ys), ys, color="k", s=10, zorder=3)
@@ -174,8 +157,7 @@ def plot(summary, rows, args) -> None:
     ax.set_ylabel("accuracy on hymenoptera val (%)")
     ax.set_title(f"{grid.BACKBONE}, colour: mean ± sd over {len(args.seeds)} seeds")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, STEM)
 
 
 if __name__ == "__main__":

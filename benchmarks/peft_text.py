@@ -29,10 +29,7 @@ skipped when the script runs again, so an interrupted benchmark continues where 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import CACHE, RESULTS, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
+from common import CACHE, SHARED, fmt_pct, fmt_share, mean_sd, write_table  # noqa: E402
 
 STEM = "peft_text"
 TK_COMMIT = "ae43d16"  # the transferkit these results were measured with
@@ -186,20 +183,11 @@ def as_samples(texts, labels, classes, source):
 
 # --------------------------------------------------------------------------- run store
 
-def runs_path(quick: bool) -> Path:
-    return CACHE / (f"{STEM}_quick_runs.jsonl" if quick else f"{STEM}_runs.jsonl")
-
-
 def run_key(set_name: str, seed: int, config: str, sizes: dict) -> str:
     settings = {**CONFIGS, **PILOT}.get(config, {"plain": C_GRID})
-    blob = json.dumps({"set": set_name, "seed": seed, "config": config, "settings": settings,
-                       "sizes": sizes, "max_length": MAX_LENGTH, "test_seed": TEST_SEED},
-                      sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return common.run_key({"set": set_name, "seed": seed, "config": config,
+                           "settings": settings, "sizes": sizes, "max_length": MAX_LENGTH,
+                           "test_seed": TEST_SEED})
 
 
 # --------------------------------------------------------------------------- one run
@@ -293,22 +281,18 @@ def plain_run(set_name: str, seed: int, data, sizes: dict) -> dict:
 
 def child(spec: dict) -> None:
     """Run one (set, config) group's seeds in this fresh process and store each run."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    path = Path(spec["runs"])
+    common.set_threads(spec["threads"])
+    store = common.RunStore(Path(spec["runs"]))
     for seed, key in zip(spec["seeds"], spec["keys"]):
         data = load_set(spec["set"], seed, spec["sizes"]["n_train"], spec["sizes"]["n_test"])
-        print(f"[{time.strftime('%H:%M:%S')}] {spec['set']} seed {seed} {spec['config']} ...",
-              flush=True)
+        common.log(f"{spec['set']} seed {seed} {spec['config']} ...")
         if spec["config"] == PLAIN:
             row = plain_run(spec["set"], seed, data, spec["sizes"])
         else:
             row = one_run(spec["set"], seed, spec["config"], data, spec["sizes"])
-        row["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        row["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
         row["first_in_process"] = seed == spec["seeds"][0]
-        row["key"] = key
-        common.store_run(path, row)
+        store.add(key, row)
         print(f"    val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  train {row['train_s']:.0f}s"
               f"  fit {row['seconds']:.0f}s  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
 
@@ -320,12 +304,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--strategies", nargs="+", default=ORDER, choices=ORDER)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a small shared machine more "
-                         "OpenMP threads than free cores slow training down several-fold)")
+    common.add_threads_arg(ap)
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: SST-2, seed 0, 64 training / 64 test sentences, 1 epoch "
-                         "(results/peft_text_quick.*; its own run store)")
+                         "(results under benchmarks/.cache/quick_results; its own run store)")
     ap.add_argument("--pilot", action="store_true",
                     help="the head learning-rate pilot: SST-2, seed 0, each trained strategy "
                          "with its default head_lr and with 1e-2 (validation accuracy decides)")
@@ -336,24 +318,19 @@ def main(argv=None) -> None:
         child(json.loads(args.child))
         return
 
-    import torch
-
-    torch.set_num_threads(args.threads)  # the machine line of the table names it
-    global STEM
+    common.set_threads(args.threads)  # the machine line of the table names it
     sizes = {"n_train": N_TRAIN, "n_test": N_TEST, "epochs": None}
     if args.quick:
         args.sets, args.seeds = ["SST-2"], [0]
         sizes = {"n_train": 64, "n_test": 64, "epochs": 1}
-        STEM = STEM + "_quick"
-    path = runs_path(args.quick)
-    done = common.load_runs(path)
+        common.use_quick_results()
+    store = common.RunStore(common.runs_path(STEM, args.quick))
     t_all = time.perf_counter()
     # the head-lr pilot first (skipped by --quick): it fixes each trained strategy's head_lr
     variant = {c: c for c in args.strategies}
     pilot_rows: list[dict] = []
     if not args.quick and any(c in TRAINED for c in args.strategies):
-        pilot_rows = pilot(path, done, sizes, args)
-        done = common.load_runs(path)
+        pilot_rows = pilot(store, sizes, args)
         for c in TRAINED:
             base, alt = (next(r for r in pilot_rows if r["config"] == n)
                          for n in (c, f"{c} head_lr 1e-2"))
@@ -365,39 +342,39 @@ def main(argv=None) -> None:
         for c in args.strategies:
             config = variant[c]
             keys = {s: run_key(set_name, s, config, sizes) for s in args.seeds}
-            todo = [s for s in args.seeds if keys[s] not in done]
+            todo = [s for s in args.seeds if keys[s] not in store]
             if not todo or args.report_only:
                 continue
             spec = {"set": set_name, "config": config, "seeds": todo,
                     "keys": [keys[s] for s in todo], "sizes": sizes, "threads": args.threads,
-                    "runs": str(path)}
-            subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True)
-            done = common.load_runs(path)
+                    "runs": str(store.path)}
+            common.run_child(__file__, spec)
+            store.reload()
     print(f"runs finished ({time.perf_counter() - t_all:.0f}s this invocation)")
     rows = []
     for set_name in args.sets:
         for c in args.strategies:
             for s in args.seeds:
                 k = run_key(set_name, s, variant[c], sizes)
-                if k in done:
-                    row = {kk: v for kk, v in done[k].items() if kk != "key"}
+                if k in store:
+                    row = common.without_key(store[k])
                     row["variant"], row["config"] = row["config"], c
                     rows.append(row)
     report(rows, args, sizes, pilot_rows, variant)
 
 
-def pilot(path, done, sizes, args) -> list[dict]:
+def pilot(store, sizes, args) -> list[dict]:
     """Run (or read back) the head-lr pilot and print its validation accuracies."""
     names = [n for c in TRAINED for n in (c, f"{c} head_lr 1e-2")]
     for name in names:
         key = run_key(PILOT_SET, PILOT_SEED, name, sizes)
-        if key in done:
+        if key in store:
             continue
         spec = {"set": PILOT_SET, "config": name, "seeds": [PILOT_SEED], "keys": [key],
-                "sizes": sizes, "threads": args.threads, "runs": str(path)}
-        subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True)
-        done = common.load_runs(path)
-    rows = [done[run_key(PILOT_SET, PILOT_SEED, n, sizes)] for n in names]
+                "sizes": sizes, "threads": args.threads, "runs": str(store.path)}
+        common.run_child(__file__, spec)
+        store.reload()
+    rows = [store[run_key(PILOT_SET, PILOT_SEED, n, sizes)] for n in names]
     for r in rows:
         print(f"pilot {r['config']:<26} val {r['val_acc']:.3f}")
     return rows
@@ -413,11 +390,6 @@ def _avg_over_sets(rows, config, sets, seeds, field="test_acc"):
                 and r["set"] in sets]
         out.append(sum(vals) / len(vals) if len(vals) == len(sets) else None)
     return out
-
-
-def _pct(frac: float) -> str:
-    p = 100 * frac
-    return f"{p:.0f}" if p >= 10 else f"{p:.2g}"
 
 
 def report(rows: list[dict], args, sizes: dict, pilot_rows: list[dict], variant: dict) -> None:
@@ -452,8 +424,8 @@ def report(rows: list[dict], args, sizes: dict, pilot_rows: list[dict], variant:
             row["head_lr"] = "-"
         row["trainable params"] = (f"{params[0]:,}" if len(params) == 1
                                    else f"{params[0]:,}-{params[-1]:,}")
-        row["trainable %"] = (_pct(min(fr)) if max(fr) - min(fr) < 1e-4 * max(fr)
-                              else f"{_pct(min(fr))}-{_pct(max(fr))}")
+        row["trainable %"] = (fmt_share(min(fr)) if max(fr) - min(fr) < 1e-4 * max(fr)
+                              else f"{fmt_share(min(fr))}-{fmt_share(max(fr))}")
         row["train s / run"] = f"{statistics.median(r['train_s'] for r in rs):.0f}"
         row["fit s / run"] = f"{statistics.median(r['seconds'] for r in rs):.0f}"
         # peak RSS of each (set) group's fresh process; median over sets
@@ -532,13 +504,13 @@ Figures to reach (six-set average, test):
 Diagnostics (from the same runs):
 {diag}
 {ANALYSIS}"""
-    write_table(STEM, csv_rows, title="Parameter-efficient transfer, MiniLM on six sentence "
-                "sets (subsampled)", notes=notes, md_rows=md_rows)
+    path = write_table(STEM, csv_rows, title="Parameter-efficient transfer, MiniLM on six "
+                       "sentence sets (subsampled)", notes=notes, md_rows=md_rows)
     try:
         plot(summary, sets, args)
     except Exception as e:  # pragma: no cover - plotting is a convenience
         print(f"plot failed: {e}")
-    print((RESULTS / f"{STEM}.md").read_text())
+    print(path.read_text())
 
 
 def diagnostics(rows, summary) -> str:
@@ -644,22 +616,18 @@ def verdicts(rows, summary, sets, seeds) -> str:
 
 
 def plot(summary: dict, sets, args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = common.pyplot()
     configs = [c for c in summary if summary[c]["complete"]]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
     groups = list(sets) + ["average"]
     x = np.arange(len(groups))
-    width = 0.85 / len(configs)
     cmap = plt.get_cmap("tab10")
-    for i, c in enumerate(configs):
-        vals = [summary[c]["avg"] if g == "average" else summary[c]["sets"][g] for g in groups]
-        ax.bar(x + (i - (len(configs) - 1) / 2) * width, [100 * v[0] for v in vals], width,
-               yerr=[100 * v[1] for v in vals], capsize=2, label=c, color=cmap(i % 10))
+    common.grouped_bars(ax, len(groups), [
+        {"label": c, "color": cmap(i % 10),
+         "values": [summary[c]["avg"] if g == "average" else summary[c]["sets"][g]
+                    for g in groups]} for i, c in enumerate(configs)], width=0.85, capsize=2)
     ax.set_xticks(x, groups)
     ax.set_ylabel("test accuracy (%)")
     lo = min(100 * summary[c]["sets"][s][0] for c in configs for s in sets)
@@ -676,8 +644,7 @@ def plot(summary: dict, sets, args) -> None:
     bx.set_ylabel("six-set average test accuracy (%)")
     bx.set_title("accuracy vs trainable fraction")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, STEM)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,15 @@ repeated (the median is reported), because other work may share the CPU:
     .venv/bin/python benchmarks/speed.py              # full run (tens of minutes on 2 cores)
     .venv/bin/python benchmarks/speed.py --quick      # smoke test of every code path
 
-Writes ``benchmarks/results/speed.{md,csv,png}``.
+Writes ``benchmarks/results/speed.{md,csv,png}`` (``--quick``: under
+``benchmarks/.cache/quick_results``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import statistics
@@ -40,12 +42,12 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from common import CACHE, RESULTS, SHARED, write_table  # noqa: E402
+import common  # noqa: E402
+from common import CACHE, SHARED, write_table  # noqa: E402
 
 DATA = SHARED / "hymenoptera"
 TRAIN_DIR = DATA / "train"
 VAL_DIR = DATA / "val"
-SKIP = "train/ants/imageNotFound.gif"   # Flickr's "image not found" placeholder
 BACKBONE = "efficientnet_lite0"
 FEATURE_BATCH = 64                       # TrainConfig.eval_batch_size, and the plain loader's
 TRAIN_BATCH = 32
@@ -69,16 +71,17 @@ def median(xs) -> float:
 
 def read_images():
     """``(train split, carved val split, test split = hymenoptera val, all images)``, the
-    placeholder GIF removed; splits exactly as ``transferkit.fit`` carves them (seed 0)."""
+    placeholder GIF removed; splits exactly as ``transferkit.fit`` carves them (seed 0) and
+    checked as ``fit(skip_bad=True)`` checks them."""
     from transferkit.data import concat_samples, read_data, resolve_splits
+    from transferkit.data.images import check_split_images
 
     splits = resolve_splits(read_data(TRAIN_DIR), test=read_data(VAL_DIR), seed=0)
-
-    def clean(s):
-        keep = [i for i, p in enumerate(s.items) if not str(p).endswith(SKIP)]
-        return s.subset(keep)
-
-    train, val, test = clean(splits["train"]), clean(splits["val"]), clean(splits["test"])
+    before = {str(p) for s in splits.values() if s is not None for p in s.items}
+    splits = check_split_images(splits, skip_bad=True, log=log)
+    after = {str(p) for s in splits.values() if s is not None for p in s.items}
+    FACTS["skipped"] = sorted(os.path.relpath(p, DATA) for p in before - after)
+    train, val, test = splits["train"], splits["val"], splits["test"]
     everything = concat_samples([train, val, test])
     return train, val, test, everything
 
@@ -187,30 +190,32 @@ def feature_benchmark(args, everything, bb):
     folder = CACHE / "speed"
     folder.mkdir(parents=True, exist_ok=True)
 
-    # one-time cost of the ONNX graph on a cold cache: export + session, as a new process has it
-    onnx._SESSIONS.clear()
+    # one-time cost of the ONNX graph on a cold cache: export + session, as a new process has
+    # it (this is the first session of the process: nothing is memoised yet)
     cold_dir = Path(tempfile.mkdtemp(dir=folder, prefix="onnx-cold-"))
     t0 = now()
     onnx.session_for(bb, cold_dir)
     export_s = now() - t0
-    shutil.rmtree(cold_dir, ignore_errors=True)
-    onnx._SESSIONS.clear()
-
-    cache = FeatureCache(folder, enabled=False)          # runtime "auto", as fit uses it
-    pipeline = InputPipeline(bb)                         # workers default: 2
-    session = cache._session(bb, cache._runtime(bb, pipeline))
-    log(f"feature cache runtime chosen by default: {cache.used_runtime}")
-
-    def tk(samples):
-        return cache.features(bb, pipeline, samples, batch_size=FEATURE_BATCH)
+    FACTS["export_s"] = export_s
 
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
-    session1 = ort.InferenceSession(str(folder / "onnx" / f"{onnx._key(bb)}.onnx"), so,
-                                    providers=["CPUExecutionProvider"])
+    graph = next((cold_dir / "onnx").glob("*.onnx"))     # the graph exported just now
+    session1 = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+    shutil.rmtree(cold_dir, ignore_errors=True)
+
+    cache = FeatureCache(folder, enabled=False)          # runtime "auto", as fit uses it
+    pipeline = InputPipeline(bb)                         # workers default: 2
+    warm = everything.subset(np.arange(min(FEATURE_BATCH, n)))
+    cache.features(bb, pipeline, warm, batch_size=FEATURE_BATCH)   # picks the runtime
+    session = onnx.session_for(bb, folder) if cache.used_runtime == "onnx" else None
+    log(f"feature cache runtime chosen by default: {cache.used_runtime}")
+
+    def tk(samples):
+        return cache.features(bb, pipeline, samples, batch_size=FEATURE_BATCH)
 
     configs = [
         ("plain eager PyTorch (baseline)",
@@ -229,7 +234,6 @@ def feature_benchmark(args, everything, bb):
          one_thread(lambda s: extract_features(bb, pipeline, s, batch_size=FEATURE_BATCH,
                                                session=session1))),
     ]
-    warm = everything.subset(np.arange(min(FEATURE_BATCH, n)))
     for name, fn in configs:
         fn(warm)
     times = {name: [] for name, _ in configs}
@@ -326,54 +330,46 @@ def plain_freeze_loop(train, test, epochs: int):
     return now() - t0, correct / len(test)
 
 
-class Timed:
-    """Adds up the wall time spent in a few transferkit functions during one ``fit`` (each is
-    looked up by name when ``fit`` runs, so wrapping the module attribute is enough)."""
+#: the parts of a cold ``fit`` shown in part 2: (row, key of ``metrics.json`` -> ``timing``).
+#: A key the run does not publish is left out of the table and named in its notes.
+FIT_PARTS = [
+    ("ONNX export + session", "onnx_export_s"),
+    ("image scan (skip_bad)", "scan_s"),
+    ("backbone build", "backbone_s"),
+    ("feature extraction (computed, not read back)", "features_computed_s"),
+    ("head training, {epochs} epochs", "train_s"),
+    ("validation scoring during training", "eval_s"),
+    ("test split scoring", "test_s"),
+    ("run folder + report", "report_s"),
+    ("bundle", "bundle_s"),
+]
 
-    def __init__(self):
-        import transferkit.api as api
-        import transferkit.backbones as backbones
-        import transferkit.bundle as bundle
-        from transferkit.engine import onnx
-        from transferkit.engine.cache import FeatureCache
 
-        self.targets = {
-            "ONNX export + session": (onnx, "session_for"),
-            "features": (FeatureCache, "features"),
-            "image scan (skip_bad)": (api, "_check_images"),
-            "backbone build": (backbones, "build_backbone"),
-            "run folder + report": (api, "_write_outputs"),
-            "bundle": (bundle, "save_bundle"),
-        }
-        self.spent = {k: 0.0 for k in self.targets}
+def fit_pair(spec: dict) -> dict:
+    """A cold ``fit`` on an empty cache folder, then a warm one on the same folder, in this
+    (fresh) process: the ONNX graph is exported again, as a new process does."""
+    torch.set_num_threads(spec["threads"])
+    import onnxruntime  # noqa: F401  imported before the clock, as in a running process
+    import transferkit  # noqa: F401
 
-    def __enter__(self):
-        self.saved = {}
-        for key, (mod, name) in self.targets.items():
-            real = getattr(mod, name)
-            self.saved[key] = real
-
-            def wrapper(*a, _real=real, _key=key, **k):
-                t0 = now()
-                try:
-                    return _real(*a, **k)
-                finally:
-                    self.spent[_key] += now() - t0
-
-            setattr(mod, name, wrapper)
-        return self
-
-    def __exit__(self, *exc):
-        for key, (mod, name) in self.targets.items():
-            setattr(mod, name, self.saved[key])
+    folder = Path(spec["folder"])
+    cache_dir = Path(tempfile.mkdtemp(dir=folder, prefix="fit-cache-"))
+    runs = Path(tempfile.mkdtemp(dir=folder, prefix="fit-runs-"))
+    try:
+        tc, mc = run_fit(cache_dir, runs / "cold", spec["epochs"])
+        tw, mw = run_fit(cache_dir, runs / "warm", spec["epochs"])
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
+    out = {"cold_s": tc, "warm_s": tw, "cold": mc, "warm": mw}
+    Path(spec["out"]).write_text(json.dumps(out))
+    return out
 
 
 def freeze_benchmark(args, train, test, tk_pass):
-    from transferkit.engine import onnx
-
     folder = CACHE / "speed"
-    cold, warm, ref, ratio_cold, ratio_warm, accs, breakdown = [], [], [], [], [], [], []
-    ratio_noexp, parts = [], []
+    cold, warm, ref, ratio_cold, ratio_warm, accs = [], [], [], [], [], []
+    ratio_noexp, parts, exports, published = [], [], [], []
     plain_t, plain_acc = [], []
 
     def fit_round(r):
@@ -381,33 +377,26 @@ def freeze_benchmark(args, train, test, tk_pass):
         t0 = now()
         tk_pass()
         ref.append(now() - t0)
-        cache_dir = Path(tempfile.mkdtemp(dir=folder, prefix="fit-cache-"))
-        runs = Path(tempfile.mkdtemp(dir=folder, prefix="fit-runs-"))
-        try:
-            onnx._SESSIONS.clear()           # cold as in a new process: export the graph again
-            with Timed() as timed:
-                tc, mc = run_fit(cache_dir, runs / "cold", args.epochs)
-            tw, mw = run_fit(cache_dir, runs / "warm", args.epochs)
-        finally:
-            shutil.rmtree(cache_dir, ignore_errors=True)
-            shutil.rmtree(runs, ignore_errors=True)
+        out = folder / f"fit-pair-{os.getpid()}.json"
+        common.run_child(__file__, {"threads": torch.get_num_threads(), "epochs": args.epochs,
+                                    "folder": str(folder), "out": str(out)})
+        res = json.loads(out.read_text())
+        out.unlink()
+        tc, tw, mc, mw = res["cold_s"], res["warm_s"], res["cold"], res["warm"]
         cold.append(tc)
         warm.append(tw)
         ratio_cold.append(tc / ref[-1])
         ratio_warm.append(tw / ref[-1])
-        export = timed.spent["ONNX export + session"]
+        tm = mc["timing"]
+        published.append(set(tm))
+        # the export inside the cold fit when the run publishes it, else part 1's measurement
+        export = tm.get("onnx_export_s", FACTS["export_s"])
+        exports.append(export)
         ratio_noexp.append((tc - export) / ref[-1])
         accs.append((mc["test"]["accuracy"], mw["test"]["accuracy"]))
-        tm = mc["timing"]
-        breakdown.append(tm)
-        # metrics.json's features_s stops at the end of training: the test split's features,
-        # computed when fit scores it afterwards, are only seen by the wrapper
-        part = {"ONNX export + session": export,
-                "feature extraction (train, val, test)": timed.spent["features"] - export,
-                f"head training, {args.epochs} epochs": tm["train_s"]}
-        part.update({k: v for k, v in timed.spent.items()
-                     if k not in ("ONNX export + session", "features")})
-        part["everything else (scoring, checkpoints, ...)"] = tc - sum(part.values())
+        part = {label.format(epochs=args.epochs): tm[key] for label, key in FIT_PARTS
+                if key in tm}
+        part["everything else (not published separately)"] = tc - sum(part.values())
         parts.append(part)
         log(f"freeze r{r}: feature pass {ref[-1]:.1f}s, fit cold {tc:.1f}s, warm {tw:.1f}s, "
             f"test acc {accs[-1]}, cold parts " + ", ".join(f"{k} {v:.2f}" for k, v in part.items())
@@ -451,7 +440,10 @@ def freeze_benchmark(args, train, test, tk_pass):
         dict(section=sec, row="fit cold without its ONNX export / one feature pass",
              median=median(ratio_noexp), unit="x", ratio=None, n=len(ratio_noexp),
              values=";".join(f"{v:.2f}" for v in ratio_noexp),
-             note="cold fit time minus the export + session build measured inside it"),
+             note="cold fit time minus the export + session build"
+                  + (" the run published (timing.onnx_export_s)" if all(
+                      "onnx_export_s" in p for p in published) else
+                      " measured in part 1 (the run does not publish its own)")),
         dict(section=sec, row="fit warm / one feature pass", median=median(ratio_warm), unit="x",
              ratio=None, n=len(ratio_warm), values=";".join(f"{v:.2f}" for v in ratio_warm),
              note="per-round ratio, median"),
@@ -474,7 +466,8 @@ def freeze_benchmark(args, train, test, tk_pass):
     summary = dict(plain=p_med, cold=c_med, warm=w_med, ref=median(ref),
                    ratio_cold=median(ratio_cold), ratio_warm=median(ratio_warm),
                    plain_acc=median(plain_acc), tk_acc=tk_acc, plain_runs=len(plain_t),
-                   epochs=args.epochs, export=median(p["ONNX export + session"] for p in parts),
+                   epochs=args.epochs, export=median(exports),
+                   unpublished=[k for _, k in FIT_PARTS if not all(k in p for p in published)],
                    ratio_cold_noexport=median(ratio_noexp))
     return rows, summary
 
@@ -482,39 +475,68 @@ def freeze_benchmark(args, train, test, tk_pass):
 # =========================================================================== 3. fine-tune
 
 class PreDecoded:
-    """Stands in for the engine's ``InputPipeline``: batches of tensors decoded beforehand,
-    shuffled exactly as the hand-written loop shuffles them."""
+    """Stands in for the trainer's input pipeline (its public ``pipeline`` attribute): the
+    training batches are tensors decoded beforehand, shuffled exactly as the hand-written loop
+    shuffles them with ``seed``; anything else (validation) goes to the real pipeline."""
 
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+    def __init__(self, x, y, seed, real):
+        self.x, self.y, self.seed, self.real = x, y, seed, real
 
     def batches(self, samples, *, batch_size, train=False, shuffle=False, seed=0):
         from transferkit.engine.inputs import Batch
 
-        for idx in _order(len(self.x), seed).split(batch_size):
+        if not train:
+            yield from self.real.batches(samples, batch_size=batch_size, train=train,
+                                         shuffle=shuffle, seed=seed)
+            return
+        for idx in order(len(self.x), self.seed).split(batch_size):
             yield Batch(self.x[idx], self.y[idx], idx)
 
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
-def _order(n, seed):
+
+def order(n, seed):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+#: the plain loop's own list of BatchNorm layers (kept in eval mode: statistics frozen)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def finetune_benchmark(args, train):
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.ft_threads or default_threads)
     try:
-        return _finetune_benchmark(args, train, default_threads)
+        return finetune_loops(args, train, default_threads)
     finally:
         torch.set_num_threads(default_threads)
 
 
-def _finetune_benchmark(args, train, default_threads):
+def finetune_loops(args, train, default_threads):
+    """The engine's loop (``Trainer.fit``, one epoch of the ``finetune`` stage) against a
+    hand-written loop over the same model; step times from a global optimizer step hook."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    stamps: list[tuple[float, float]] = []   # (wall, process CPU) at the end of each step
+
+    def hook(opt, a, k):
+        stamps.append((now(), time.process_time()))
+
+    handle = register_optimizer_step_post_hook(hook)   # every optimizer: engine's and hand's
+    try:
+        return _finetune_loops(args, train, default_threads, stamps)
+    finally:
+        handle.remove()
+
+
+def _finetune_loops(args, train, default_threads, stamps):
     from transferkit.backbones import build_backbone
     from transferkit.data.datasets import ImageDataset, collate_images
     from transferkit.data.transforms import eval_transform
     from transferkit.engine.cache import FeatureCache
     from transferkit.engine.config import TrainConfig
-    from transferkit.engine.trainer import Trainer, _bn_modules
+    from transferkit.engine.trainer import Trainer
     from transferkit.heads import HeadConfig, build_model
     from transferkit.strategies.base import get_strategy
 
@@ -522,38 +544,31 @@ def _finetune_benchmark(args, train, default_threads):
     bb = build_backbone(BACKBONE)
     model = build_model(bb, HeadConfig(), train.classes)
     cfg = TrainConfig.from_dict({"epochs": 1, "seed": 0, "batch_size": TRAIN_BATCH})
-    strat = get_strategy("finetune")
-    strat.prepare(model)
-    stage = strat.stages(model, cfg)[-1]          # stage 2: whole backbone, BN frozen
-    assert stage.name == "finetune" and not stage.frozen_backbone and not stage.train_bn
+    strat = get_strategy("finetune", head_epochs=0)   # only the whole-backbone stage
+    strat.attach(model)
+    stages = strat.stages(model, cfg)
+    stage = stages[-1]                             # whole backbone, BN frozen
+    assert len(stages) == 1 and stage.name == "finetune" and not stage.frozen_backbone \
+        and not stage.train_bn
     trainer = Trainer(model, strat, cfg, cache=FeatureCache(enabled=False), log=lambda s: None)
-    trainer._set_trainable(stage)
     real_pipeline = trainer.pipeline
+    tiny_val = train.subset([0, 1])                # Trainer.fit scores it after the epoch
 
-    stamps: list[tuple[float, float]] = []   # (wall, process CPU) at the end of each step
-
-    def hook(opt, a, k):
-        stamps.append((now(), time.process_time()))
-
-    def make_opt():
-        o = torch.optim.AdamW([{"params": g.params, "lr": g.lr} for g in stage.groups if g.params],
-                              lr=stage.groups[0].lr, weight_decay=cfg.weight_decay)
-        o.register_step_post_hook(hook)
-        return o
-
-    opt_engine = trainer._optimizer(stage)
-    opt_engine.register_step_post_hook(hook)
-    opt_hand = make_opt()
-    assert [len(g["params"]) for g in opt_hand.param_groups] == \
-        [len(g["params"]) for g in opt_engine.param_groups]
+    opt_hand = torch.optim.AdamW([{"params": g.params, "lr": g.lr} for g in stage.groups
+                                  if g.params],
+                                 lr=stage.groups[0].lr, weight_decay=cfg.weight_decay)
+    trainable = {id(p) for p in stage.parameters()}
 
     def samples_of(steps):
         return train.subset(np.arange(steps * TRAIN_BATCH) % len(train))
 
     def hand_mode():
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
         model.train()
-        for m in _bn_modules(model.backbone):
-            m.eval()
+        for m in model.backbone.modules():
+            if isinstance(m, BATCH_NORMS):
+                m.eval()
 
     def hand_step(x, y):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -563,8 +578,7 @@ def _finetune_benchmark(args, train, default_threads):
 
     def engine_decode(s, seed):
         trainer.pipeline = real_pipeline
-        trainer._train_epoch(stage, opt_engine, s, seed=seed, step0=0,
-                             total_steps=len(s) // TRAIN_BATCH, warmup=0)
+        trainer.fit(s, tiny_val)
 
     def hand_decode(s, seed):
         ds = ImageDataset(s, eval_transform(bb.preprocess), target_size=real_pipeline.target_size)
@@ -576,21 +590,20 @@ def _finetune_benchmark(args, train, default_threads):
             hand_step(x, y)
 
     def engine_pre(s, seed, x, y):
-        trainer.pipeline = PreDecoded(x, y)
+        trainer.pipeline = PreDecoded(x, y, seed, real_pipeline)
         try:
-            trainer._train_epoch(stage, opt_engine, s, seed=seed, step0=0,
-                                 total_steps=len(s) // TRAIN_BATCH, warmup=0)
+            trainer.fit(s, tiny_val)
         finally:
             trainer.pipeline = real_pipeline
 
     def hand_pre(s, seed, x, y):
         hand_mode()
-        for idx in _order(len(x), seed).split(TRAIN_BATCH):
+        for idx in order(len(x), seed).split(TRAIN_BATCH):
             hand_step(x[idx], y[idx])
 
-    # decode: each call runs one step more than it measures (the first holds the loader
-    # start-up); pre-decoded: every step is measured, the first from the start of the call
-    calls = {"decode": 1 + args.ft_steps, "pre-decoded": args.ft_steps}
+    # each call runs one step more than it measures: the first holds the loader start-up
+    # and the engine's set-up of the call (trainable parameters, optimizer)
+    calls = {"decode": 1 + args.ft_steps, "pre-decoded": 1 + args.ft_steps}
     s_call = {v: samples_of(n) for v, n in calls.items()}
     s_warm = samples_of(args.ft_warmup)
     s_pre = samples_of(max(calls["pre-decoded"], args.ft_warmup))
@@ -636,8 +649,6 @@ def _finetune_benchmark(args, train, default_threads):
                 key = (w, variant)
                 stamps.clear()
                 t0 = now()
-                if variant == "pre-decoded":
-                    stamps.append((t0, time.process_time()))
                 loops[key](1000 + r)
                 t1 = now()
                 assert len(stamps) == args.ft_steps + 1, (key, len(stamps))
@@ -656,7 +667,6 @@ def _finetune_benchmark(args, train, default_threads):
         torch.set_num_threads(default_threads)
         for r in range(1):
             stamps.clear()
-            stamps.append((now(), time.process_time()))
             loops[("hand", "pre-decoded")](2000 + r)
             ctx_steps += [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
         torch.set_num_threads(threads_now)
@@ -672,7 +682,7 @@ def _finetune_benchmark(args, train, default_threads):
                                 cpu=100 * (ce / ch - 1))
         what = ("images decoded by the DataLoader (2 workers)" if variant == "decode"
                 else "tensors decoded beforehand")
-        for w, label in (("hand", "hand-written loop"), ("engine", "transferkit Trainer._train_epoch")):
+        for w, label in (("hand", "hand-written loop"), ("engine", "transferkit Trainer.fit")):
             vals = steps[(w, variant)]
             rows.append(dict(section="3 fine-tune", row=f"{label}, {variant}", median=median(vals),
                              unit="s/step", ratio=median(vals) / h, n=len(vals),
@@ -698,12 +708,8 @@ def _finetune_benchmark(args, train, default_threads):
 
 # =========================================================================== chart
 
-def chart(feature_rows, freeze_sum, ft_sum, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def chart(feature_rows, freeze_sum, ft_sum) -> None:
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     ax = axes[0]
     fr = [r for r in feature_rows if r["unit"] == "img/s"]
@@ -744,8 +750,7 @@ def chart(feature_rows, freeze_sum, ft_sum, path: Path) -> None:
     ax.set_title("3. fine-tune (whole backbone), median s/step")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, "speed", dpi=110)
 
 
 # =========================================================================== main
@@ -771,11 +776,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="use only N images in part 1")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: --repeats 1 --rounds 1 --epochs 1 --ft-rounds 2 "
-                         "--ft-steps 2 --ft-warmup 1 --limit 96")
+                         "--ft-steps 2 --ft-warmup 1 --limit 96; results under "
+                         "benchmarks/.cache/quick_results")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        fit_pair(json.loads(args.child))
+        return
     if args.quick:
         args.repeats, args.rounds, args.epochs = 1, 1, 1
         args.ft_steps, args.ft_warmup, args.limit, args.ft_rounds = 2, 1, 96, 2
+        common.use_quick_results()
 
     from transferkit.backbones import build_backbone
 
@@ -814,7 +825,7 @@ def main() -> None:
     notes = f"""
 Data: `hymenoptera` ({len(train)} train images as `transferkit.fit` carves them with seed 0,
 {len(val)} carved validation, {len(test)} in `val`, used as the test split; {len(everything)}
-images in all, `{SKIP}` left out). Backbone `{BACKBONE}` (timm `tf_efficientnet_lite0` with the
+images in all, {", ".join(f"`{p}`" for p in FACTS["skipped"]) or "no file"} left out). Backbone `{BACKBONE}` (timm `tf_efficientnet_lite0` with the
 packaged ImageNet weights) at its true preprocessing: bicubic resize to 256, centre crop 224,
 mean = std = 0.5. CPU only, {torch.get_num_threads()} torch threads. Other jobs shared the two
 cores during the run (1-minute load average {min(LOADS):.1f} to {max(LOADS):.1f}, median
@@ -875,15 +886,14 @@ wall time of a whole pass including the loader start-up; img/s; `ratio` = agains
 **2 freeze x10** ({args.rounds} rounds; each round: one transferkit feature pass over all
 {len(everything)} images, then `transferkit.fit(train, test=val, strategy="freeze",
 epochs={args.epochs}, skip_bad=True, cache_dir=<fresh empty dir>, seed=0, quiet=True)` on a cold
-cache (the in-process ONNX session memo is cleared too, so the graph is exported again as in a
-new process), then the same call again on the now warm cache). Times are the total wall time of
-the call: reading and scanning the images, building the backbone, ONNX export (cold), features
-for train / carved val / test, {args.epochs} epochs of head training, scoring, checkpoints,
-writing the run folder, report and bundle. The *cold fit part* rows split the cold fit's time
-(timers wrapped around `FeatureCache.features`, `onnx.session_for`, the image scan, the
-backbone build, the report and bundle writers, plus `train_s` from `metrics.json`; `ratio` =
-share of the cold fit). `metrics.json`'s own `features_s` leaves out the test split's features,
-which `fit` computes when it scores the test split after training, so it is not used here. The *plain PyTorch loop* is the seed recipe: frozen backbone (`eval`, `no_grad`)
+cache, in a fresh Python process (transferkit and onnxruntime imported before the clock), so
+the graph is exported again as in a new process, then the same call again in that process on
+the now warm cache). Times are the total wall time of the call: reading and scanning the
+images, building the backbone, ONNX export (cold), features for train / carved val / test,
+{args.epochs} epochs of head training, scoring, checkpoints, writing the run folder, report and
+bundle. The *cold fit part* rows split the cold fit's time with the timings the run publishes
+(`metrics.json` -> `timing`; `ratio` = share of the cold fit), the rest being *everything
+else*. {_unpublished_note(fz)} The *plain PyTorch loop* is the seed recipe: frozen backbone (`eval`, `no_grad`)
 re-run on every batch of every epoch, head = `Dropout(0.2) + Linear(1280, 2)`, `AdamW(lr=1e-3)`
 (torch defaults otherwise), batch {TRAIN_BATCH}, shuffled, {args.epochs} epochs on the same
 {len(train)} training images, then accuracy on `val`; its time runs from building the loader to
@@ -901,16 +911,19 @@ is used (`--ft-threads`) because on a shared 2-core machine a 2-thread OpenMP tr
 swings several-fold from step to step (threads wait for each other whenever the other core is
 taken), which would drown a 5 % difference; the loop overhead being compared does not depend
 on the thread count. The *context* row shows the hand-written step at the default thread count
-on the same machine at the same time. *transferkit* is `Trainer._train_epoch` (the engine's loop: per-step LR schedule,
-forward, cross-entropy, strategy loss terms, backward, step); *hand-written* builds the same
+on the same machine at the same time. *transferkit* is `Trainer.fit` with the `finetune`
+strategy reduced to that stage (`head_epochs=0`), one epoch per call (the engine's loop:
+per-step LR schedule, forward, cross-entropy, strategy loss terms, backward, step; then a
+validation pass over 2 images, after the last measured step); *hand-written* builds the same
 `AdamW` param groups and loops `model(x)` / `cross_entropy` / `zero_grad` / `backward` / `step`
-over the same model. Step times come from an optimizer step post-hook registered on both
-optimizers (time between consecutive `step()` ends, so a step includes waiting for its batch).
+over the same model, with the BatchNorm layers in eval mode. Step times come from a global
+optimizer step post-hook (`torch.optim.optimizer.register_optimizer_step_post_hook`: time
+between consecutive `step()` ends, so a step includes waiting for its batch).
 After {args.ft_warmup} untimed warm-up steps per loop and variant, calls alternate engine/hand
 (A/B, then B/A) over {args.ft_rounds} rounds, {args.ft_steps} measured steps per call:
-{args.ft_rounds * args.ft_steps} measured steps per loop and variant (with decoding each call runs
-one more step first, not measured, as it holds the loader start-up; on pre-decoded tensors the
-first step is measured from the start of the call, so the engine's per-epoch set-up counts). The *engine overhead* is the median over rounds of
+{args.ft_rounds * args.ft_steps} measured steps per loop and variant (each call runs one more
+step first, not measured, as it holds the loader start-up and the engine's set-up of the call:
+trainable parameters, a new optimizer). The *engine overhead* is the median over rounds of
 (engine median s/step / hand median s/step of the same round) - 1, which cancels the load
 swings between rounds (`note` in the CSV also gives the pooled-median and CPU-time figures).
 *decode*: both read the images through a `DataLoader` with 2 workers (transferkit's
@@ -923,8 +936,19 @@ the loop itself.
                 f"{BACKBONE} 224, CPU)", notes=notes,
                 md_rows=[{k: r[k] for k in ("section", "row", "median", "unit", "ratio", "n")}
                          | {"ratio": "" if r["ratio"] is None else r["ratio"]} for r in rows])
-    chart(f_rows, fz, ft, RESULTS / "speed.png")
-    log(f"wrote {RESULTS / 'speed.md'}, speed.csv, speed.png")
+    chart(f_rows, fz, ft)
+    log(f"wrote {common.results_dir() / 'speed.md'}, speed.csv, speed.png")
+
+
+def _unpublished_note(fz) -> str:
+    if not fz["unpublished"]:
+        return ""
+    return ("Not published by the run, so not split out here: "
+            + ", ".join(f"{label.format(epochs=fz['epochs'])} (`timing.{key}`)"
+                        for label, key in FIT_PARTS if key in fz["unpublished"])
+            + "; `features_computed_s` holds the train and validation features computed during "
+              "training, ONNX export included (the test split's features, computed when `fit` "
+              "scores it, are not in it).")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ script runs again, so an interrupted benchmark continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -37,10 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import CACHE, RESULTS, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
+from common import CACHE, SHARED, fmt_pct, mean_sd, write_table  # noqa: E402
 
 STEM = "text_uci"
-RUNS = CACHE / f"{STEM}_runs.jsonl"
 DOMAINS = ("amazon_cells", "yelp", "imdb")
 FINETUNE_EPOCHS = 3
 
@@ -89,16 +86,7 @@ REFERENCE = ("seed notebook: GloVe + BiLSTM (reference)", 0.774)
 # --------------------------------------------------------------------------- run store
 
 def run_key(domain: str, seed: int, settings: dict) -> str:
-    blob = json.dumps({"domain": domain, "seed": seed, "settings": settings}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def load_runs() -> dict[str, dict]:
-    return common.load_runs(RUNS)
-
-
-def store_run(row: dict) -> None:
-    common.store_run(RUNS, row)
+    return common.run_key({"domain": domain, "seed": seed, "settings": settings})
 
 
 # --------------------------------------------------------------------------- one run
@@ -120,7 +108,8 @@ def one_run(domain: str, seed: int, config: str, candidate: str, settings: dict,
         "trainable_params": m["trainable_params"],
         "best_epoch": m["best_epoch"], "best_stage": m["best_stage"],
         "C": (m["closed_form"] or {}).get("C"),
-        "n_train": None, "n_val": m["val"]["n"], "n_test": m["test"]["n"],
+        "n_train": len(parts["train"]) - m["val"]["n"], "n_val": m["val"]["n"],
+        "n_test": m["test"]["n"],
     }
 
 
@@ -140,17 +129,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a small shared machine more "
-                         "OpenMP threads than free cores slow training down several-fold)")
+    common.add_threads_arg(ap)
     args = ap.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     from transferkit.data import read_data, stratified_split
 
-    done = load_runs()
+    store = common.RunStore(common.runs_path(STEM))
     t_all = time.perf_counter()
     rows: list[dict] = []
     for domain in args.domains:
@@ -159,18 +144,11 @@ def main(argv=None) -> None:
             parts = stratified_split(samples, {"train": 0.8, "test": 0.2}, seed=seed)
             for config in args.configs:
                 for candidate, settings in CONFIGS[config]:
-                    key = run_key(domain, seed, settings)
-                    if key not in done:
-                        print(f"[{time.strftime('%H:%M:%S')}] {domain} seed {seed} {config} "
-                              f"({candidate}) ...", flush=True)
-                        row = one_run(domain, seed, config, candidate, settings, parts)
-                        row["n_train"] = len(parts["train"]) - row["n_val"]
-                        row["key"] = key
-                        store_run(row)
-                        done[key] = row
-                        print(f"    val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  "
-                              f"{row['seconds']:.0f}s", flush=True)
-                    rows.append({k: v for k, v in done[key].items() if k != "key"})
+                    row = store.run(run_key(domain, seed, settings),
+                                    lambda: one_run(domain, seed, config, candidate, settings,
+                                                    parts),
+                                    label=f"{domain} seed {seed} {config} ({candidate})")
+                    rows.append(common.without_key(row))
     print(f"all runs present ({time.perf_counter() - t_all:.0f}s this invocation)")
     report(rows, args)
 
@@ -274,29 +252,24 @@ read it back. The machine was shared with other jobs (load 2-8 on its 2 cores), 
 runs can differ up to about 2x in time. Sum of run times: {total_s / 60:.1f} min. Per-run rows (both freeze head
 candidates included): `results/{STEM}.csv`.
 """
-    write_table(STEM, csv_rows, title="UCI sentiment: MiniLM (linear / freeze / fine-tune) and "
-                "word vectors + BiLSTM", notes=notes, md_rows=md_rows)
+    path = write_table(STEM, csv_rows, title="UCI sentiment: MiniLM (linear / freeze / "
+                       "fine-tune) and word vectors + BiLSTM", notes=notes, md_rows=md_rows)
     plot(summary, args)
-    print((RESULTS / f"{STEM}.md").read_text())
+    print(path.read_text())
 
 
 def plot(summary: dict, args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = common.pyplot()
     configs = list(summary)
     groups = list(args.domains) + ["average"]
-    width = 0.8 / len(groups)
     x = np.arange(len(configs))
     fig, ax = plt.subplots(figsize=(11, 4.5))
-    for i, g in enumerate(groups):
-        vals = [summary[c]["avg"] if g == "average" else summary[c]["domains"][g] for c in configs]
-        ax.bar(x + (i - (len(groups) - 1) / 2) * width, [100 * v[0] for v in vals], width,
-               yerr=[100 * v[1] for v in vals], capsize=3, label=g,
-               color=None if g != "average" else "0.3")
+    common.grouped_bars(ax, len(configs), [
+        {"label": g, "color": None if g != "average" else "0.3",
+         "values": [summary[c]["avg"] if g == "average" else summary[c]["domains"][g]
+                    for c in configs]} for g in groups])
     ax.axhline(100 * REFERENCE[1], color="crimson", ls="--", lw=1,
                label="GloVe + BiLSTM reference (77.4)")
     ax.set_xticks(x, configs)
@@ -306,8 +279,7 @@ def plot(summary: dict, args) -> None:
     ax.set_title(f"UCI sentiment, test accuracy (mean ± sd over {len(args.seeds)} seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{STEM}.png", dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, STEM)
 
 
 if __name__ == "__main__":
