@@ -29,8 +29,27 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .backbones import backbone_modality, build_backbone
+from .bundle import load_model, save_bundle
+from .config import FLAT, RunConfig, SECTIONS
+from .console import Reporter
+from .data import (Samples, concat_samples, k_shot, read_data, read_domains, resolve_splits,
+                   stratified_split)
+from .data.images import check_split_images
+from .data.readers import IMAGE_EXTENSIONS
+from .engine.cache import FeatureCache
+from .engine.config import TrainConfig, resolve_device
+from .engine.distributed import Processes, launched_world_size
+from .engine.inputs import InputPipeline
+from .engine.metrics import classification_metrics, softmax, summary
+from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
+from .heads import build_model
+from .io import write_json, write_text
+from .report.domain import domain_report
+from .report.plots import plot_confusion, plot_history, write_report
+from .settings import type_hints
+from .strategies.base import get_strategy
 
 DEFAULT_BACKBONES = {"image": "efficientnet_lite0", "text": "minilm"}
 
@@ -62,8 +81,6 @@ def _sigterm_as_interrupt():
 
 
 def _read(path, *, labelled=True, classes=None, columns=None) -> dict:
-    from .data import read_data
-
     return read_data(path, labelled=labelled, classes=classes, **(columns or {}))
 
 
@@ -112,18 +129,37 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
 
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
     """
-    from .console import Reporter
-
     cfg = configure(data, config, settings)
-    rep = Reporter(cfg.run.quiet)
+    procs = start_processes(cfg)
+    rep = Reporter(cfg.run.quiet or not procs.is_main)
+    if procs.world > 1:
+        rep.log(f"processes: {procs.world}, data-parallel ({procs.describe()})")
     t0 = time.perf_counter()
     strat, head_cfg = build_strategy(cfg)
     run_data = read_run_data(cfg, strat, rep.log)
-    run_dir = start_run(cfg, rep.log)
-    model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
-    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, resume=resume)
+    run_dir = start_run(cfg, rep.log, procs)
+    phases = {"scan_s": run_data.scan_s}
+    with _timed(phases, "backbone_s"):
+        model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
+    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, procs, resume=resume)
+    outcome.timing.update(phases)
     outcome.timing["total_s"] = time.perf_counter() - t0
+    if not procs.is_main:  # the main process alone writes the run
+        return TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=None)
     return write_run(cfg, model, bb, strat, run_data, run_dir, outcome, rep.log)
+
+
+def start_processes(cfg: RunConfig):
+    """This process's place in a data-parallel run: ``--processes N`` needs the N processes
+    started by a launcher (the command line relaunches itself through ``accelerate launch``;
+    ``accelerate launch -m transferkit fit ...`` works too)."""
+    world, asked = launched_world_size(), cfg.train.processes
+    if asked > 1 and world == 1:
+        raise ConfigError(f"--processes {asked}: start the run from the command line "
+                          "(transferkit fit ... --processes N) or with accelerate launch")
+    if asked > 1 and world != asked:
+        raise ConfigError(f"--processes {asked} but the launcher started {world} processes")
+    return Processes(cfg.train.device)
 
 
 def configure(data=None, config: RunConfig | None = None,
@@ -143,8 +179,6 @@ def configure(data=None, config: RunConfig | None = None,
 def build_strategy(cfg: RunConfig):
     """The strategy with its options, and the head settings (the strategy's default head
     when the head is left on ``auto``)."""
-    from .strategies.base import get_strategy
-
     strat = get_strategy(cfg.strategy.name, **cfg.strategy.options)
     head_cfg = cfg.head
     if head_cfg.kind == "auto" and strat.default_head:
@@ -161,11 +195,21 @@ class RunData:
     domain: dict[str, Any] | None
     modality: str
     classes: list[str]
+    #: seconds spent checking every image (``scan_s`` in ``metrics.json`` -> ``timing``)
+    scan_s: float = 0.0
+
+
+@contextmanager
+def _timed(timing: dict[str, float], key: str):
+    """Add the seconds the block takes to ``timing[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _as_splits(x, columns):
-    from .data import Samples
-
     if x is None:
         return None
     if isinstance(x, Samples):
@@ -177,14 +221,13 @@ def _as_splits(x, columns):
 
 def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     """Read and split the data (and the target domain), check every image, log the sizes."""
-    from .data.images import check_split_images
-
     splits, domain = _resolve_splits(cfg, strat)
     modality = splits["train"].modality
     if cfg.train.grayscale and modality != "image":
         raise ConfigError("--grayscale applies to images only")
     bb_name = cfg.backbone.name or DEFAULT_BACKBONES[modality]
     _check_backbone_modality(bb_name, modality, splits["train"].source)
+    t0 = time.perf_counter()
     splits = check_split_images(splits, cfg.train.skip_bad, log)
     classes = splits["train"].classes
     log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
@@ -196,12 +239,11 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
             + (f", {len(domain['labelled'])} labelled for training"
                if domain["labelled"] is not None else "")
             + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
-    return RunData(splits=splits, domain=domain, modality=modality, classes=classes)
+    return RunData(splits=splits, domain=domain, modality=modality, classes=classes,
+                   scan_s=time.perf_counter() - t0)
 
 
 def _check_backbone_modality(name: str, modality: str, source: str) -> None:
-    from .backbones import backbone_modality
-
     if backbone_modality(name) not in (modality, "any"):
         raise ConfigError(f"backbone {name!r} takes {backbone_modality(name)} but the data "
                           f"({source}) is {modality}")
@@ -209,8 +251,6 @@ def _check_backbone_modality(name: str, modality: str, source: str) -> None:
 
 def _resolve_splits(cfg: RunConfig, strat):
     """``(splits, domain)``: train / val / test, and the target domain's parts (or None)."""
-    from .data import concat_samples, resolve_splits
-
     d, dom, seed = cfg.data, cfg.domain, cfg.train.seed
     columns = _columns(cfg)
     data, target, test = d.path, dom.target, d.test
@@ -220,7 +260,7 @@ def _resolve_splits(cfg: RunConfig, strat):
     if target is None:
         if dom.target_labels:
             raise ConfigError("--target-labels needs a target domain (--target)")
-        if getattr(strat, "uses_target", False):
+        if strat.uses_target:
             raise ConfigError(f"strategy {strat.name!r} adapts to a target domain: give the "
                               "unlabelled target data (--target)")
         splits = resolve_splits(_as_splits(data, columns), val=_as_splits(d.val, columns),
@@ -237,14 +277,16 @@ def _resolve_splits(cfg: RunConfig, strat):
     return splits, domain
 
 
-def start_run(cfg: RunConfig, log) -> Path:
+def start_run(cfg: RunConfig, log, procs) -> Path:
     """Create the run folder and record the configuration in ``run_config.json`` (skipped
-    when some data was given in memory: such a run cannot be replayed from a file)."""
-    from .io import write_json
-
+    when some data was given in memory: such a run cannot be replayed from a file).  In a
+    data-parallel run every process uses the main one's folder, which only it writes."""
     out = cfg.run.out
     run_dir = Path(out) if out else Path("runs") / time.strftime(
         f"%Y%m%d-%H%M%S-{cfg.strategy.name}")
+    run_dir = Path(procs.broadcast(str(run_dir)))
+    if not procs.is_main:
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"run folder: {run_dir}")
     if not cfg.in_memory():
@@ -265,9 +307,6 @@ def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
 
 def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
     """``(model, backbone)``: the backbone for the data's modality with a new head."""
-    from .backbones import build_backbone
-    from .heads import build_model
-
     name = cfg.backbone.name or DEFAULT_BACKBONES[run_data.modality]
     _seed_everything(cfg.train.seed)
     bb = build_backbone(name, **_backbone_kwargs(cfg, name, run_data.modality))
@@ -287,20 +326,16 @@ class Outcome:
     timing: dict[str, float]
 
 
-def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep, *,
-                    resume: bool = False) -> Outcome:
+def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep,
+                    procs=None, *, resume: bool = False) -> Outcome:
     """Train through the engine (resuming from the checkpoint when asked), then score
     validation and test."""
-    from .engine.cache import FeatureCache
-    from .engine.config import resolve_device
-    from .engine.trainer import Trainer
-
     splits, domain = run_data.splits, run_data.domain
-    device = resolve_device(cfg.train.device)
+    device = (procs.device if procs is not None else None) or resolve_device(cfg.train.device)
     cache = FeatureCache(cfg.run.cache_dir, enabled=not cfg.run.no_cache)
     with rep.progress() as progress:
         trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
-                          progress=progress, device=device)
+                          progress=progress, device=device, processes=procs)
         with _sigterm_as_interrupt():
             if domain is None:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume)
@@ -310,23 +345,25 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
                                      target_labelled=domain["labelled"])
         # the engine decides whether evaluation may read cached backbone features
         val_m = trainer.evaluate(splits["val"])
-        test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
-    return Outcome(trainer, result, val_m, test_m, cache, dict(result.timing))
+        timing = dict(result.timing)
+        with _timed(timing, "test_s"):
+            test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
+    return Outcome(trainer, result, val_m, test_m, cache, timing)
 
 
 def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path,
               outcome: Outcome, log) -> "TrainedModel":
     """Write metrics, the bundle, tables, figures and the report; log the figures."""
-    from .bundle import save_bundle
-
     result, val_m, test_m = outcome.result, outcome.val, outcome.test
     metrics = _metrics_record(val_m, test_m, result, bb, strat, run_data.classes,
                               outcome.timing, outcome.cache)
     if run_data.domain is not None:
         metrics.update(_domain_record(cfg, outcome, run_data, run_dir, log))
     model.eval()
+    t0 = time.perf_counter()
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
                 grayscale=cfg.train.grayscale)
+    metrics["timing"]["bundle_s"] = round(time.perf_counter() - t0, 3)
     _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
     tm = TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=run_dir,
                       metrics=metrics)
@@ -341,8 +378,6 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
 def _domain_record(cfg: RunConfig, outcome: Outcome, run_data: RunData, run_dir: Path,
                    log) -> dict[str, Any]:
     """``metrics.json``'s ``selection`` and ``domain`` entries of a domain-adaptation run."""
-    from .report.domain import domain_report
-
     dom = cfg.domain
     if dom.domain_column is not None:
         target = str(dom.target)
@@ -359,8 +394,6 @@ def _domain_record(cfg: RunConfig, outcome: Outcome, run_data: RunData, run_dir:
 
 def _split_domains(data, column: str, target, test, columns, test_fraction: float, seed: int):
     """``(source, target, target_test)`` samples from one table with a domain column."""
-    from .data import concat_samples, read_domains, stratified_split
-
     if not isinstance(data, (str, os.PathLike)):
         raise ConfigError("domain_column needs DATA to be a CSV/TSV path")
     if not target:
@@ -383,8 +416,6 @@ def _split_domains(data, column: str, target, test, columns, test_fraction: floa
 
 def _target_splits(target, test, source_train, n_labels: int, strat, seed: int, as_splits):
     """The target domain's parts: unlabelled training data, granted labels, labelled test."""
-    from .data import concat_samples, k_shot
-
     classes = source_train.classes
     if isinstance(target, (str, os.PathLike)):
         # labels are only read when some are granted: they cannot leak into training
@@ -421,6 +452,12 @@ def _target_splits(target, test, source_train, n_labels: int, strat, seed: int, 
 def resume(run_dir: str | os.PathLike, *, quiet: bool = False) -> "TrainedModel":
     """Finish an interrupted run from its last checkpoint, with the settings recorded in
     ``RUN/run_config.json`` (the unversioned files of transferkit 0.1 are read too)."""
+    cfg = recorded_run_config(run_dir)
+    return fit(config=cfg, out=Path(run_dir), quiet=quiet, resume=True)
+
+
+def recorded_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The configuration a run folder recorded in ``run_config.json``."""
     run_dir = Path(run_dir)
     path = run_dir / "run_config.json"
     if not path.exists():
@@ -429,8 +466,7 @@ def resume(run_dir: str | os.PathLike, *, quiet: bool = False) -> "TrainedModel"
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ConfigError(f"{path}: cannot parse ({e})") from None
-    cfg = RunConfig.from_dict(recorded, where=str(path))
-    return fit(config=cfg, out=run_dir, quiet=quiet, resume=True)
+    return RunConfig.from_dict(recorded, where=str(path))
 
 
 def _pathish(x):
@@ -442,8 +478,6 @@ def _pathish(x):
 
 
 def _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache) -> dict[str, Any]:
-    from .engine.metrics import summary
-
     return {
         "val": {k: val_m[k] for k in ("accuracy", "macro_f1", "loss", "n")},
         "test": summary(test_m),
@@ -465,9 +499,6 @@ def _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache) ->
 
 
 def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> None:
-    from .io import write_json, write_text
-    from .report.plots import plot_confusion, plot_history, write_report
-
     write_json(run_dir / "metrics.json", metrics)
     per_class = {"val": val_m["per_class"], "test": test_m["per_class"] if test_m else None}
     write_json(run_dir / "per_class.json", per_class)
@@ -515,8 +546,6 @@ class TrainedModel:
 
     # inputs -----------------------------------------------------------------
     def _samples(self, inputs, *, labelled: bool = False):
-        from .data import Samples
-
         if isinstance(inputs, Samples):
             return inputs
         if isinstance(inputs, (str, os.PathLike)):
@@ -524,7 +553,6 @@ class TrainedModel:
             if len(splits) == 1:
                 s = next(iter(splits.values()))
             else:
-                from .data.splits import concat_samples
                 s = concat_samples(list(splits.values()))
             if s.modality != self.modality:
                 raise DataError(f"{inputs}: holds {s.modality} data but this model takes {self.modality}")
@@ -532,14 +560,9 @@ class TrainedModel:
         return samples_from_list(list(inputs), self.modality, self.classes)
 
     def predict_proba(self, inputs) -> np.ndarray:
-        from .engine.metrics import softmax
-
         return softmax(self.logits(inputs).astype(np.float64))
 
     def logits(self, inputs) -> np.ndarray:
-        from .engine.config import TrainConfig
-        from .engine.inputs import InputPipeline
-
         s = self._samples(inputs)
         pipe = InputPipeline(self.model.backbone, grayscale=self.config.get("grayscale", False))
         self.model.eval()
@@ -553,8 +576,6 @@ class TrainedModel:
         return [self.classes[i] for i in self.logits(inputs).argmax(1)]
 
     def evaluate(self, data) -> dict[str, Any]:
-        from .engine.metrics import classification_metrics
-
         s = self._samples(data, labelled=True)
         if s.labels is None:
             raise DataError(f"{getattr(s, 'source', data)}: no labels to evaluate against")
@@ -562,15 +583,11 @@ class TrainedModel:
         return classification_metrics(self.logits(s), s.labels, self.classes)
 
     def save(self, path) -> Path:
-        from .bundle import save_bundle
-
         return save_bundle(path, self.model, self.strategy, touched=self._touched,
                            grayscale=self.config.get("grayscale", False))
 
 
 def samples_from_list(items: list, modality: str, classes: list[str], labels=None):
-    from .data import Samples
-
     origins = []
     for i, it in enumerate(items):
         if isinstance(it, (str, os.PathLike)) and modality == "image":
@@ -586,8 +603,6 @@ def samples_from_list(items: list, modality: str, classes: list[str], labels=Non
 
 def load(path) -> TrainedModel:
     """Load a bundle folder written by :func:`fit` or :meth:`TrainedModel.save`."""
-    from .bundle import load_model
-
     model, strategy, cfg = load_model(path)
     tm = TrainedModel(model, strategy, cfg)
     tm._touched = cfg["tensors"]
@@ -597,8 +612,6 @@ def load(path) -> TrainedModel:
 # --------------------------------------------------------------------------- scikit-learn
 
 def _guess_modality(X: Sequence) -> str:
-    from .data.readers import IMAGE_EXTENSIONS
-
     first = X[0]
     if isinstance(first, np.ndarray):
         return "image"
@@ -625,9 +638,6 @@ _CLASSIFIER_DEFAULTS = {"quiet": True, "options": None}
 def _classifier_signature() -> inspect.Signature:
     """``__init__(self, backbone=..., strategy=..., ...)`` with RunConfig's types and
     defaults: scikit-learn's ``get_params`` / ``clone`` read it."""
-    from .config import FLAT, SECTIONS
-    from .settings import type_hints
-
     defaults = RunConfig().flat()
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("self", kind)]

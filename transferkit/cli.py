@@ -10,7 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import api
+from .backbones import list_backbones
+from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_file
+from .data.images import check_image
+from .demo import run_demo
+from .engine.distributed import launch_processes
 from .errors import ConfigError, TransferkitError
+from .report.explain import explain
+from .settings import meta, split_optional
+from .strategies.base import list_strategies
 
 EXAMPLES = """examples:
   transferkit fit photos/ --backbone efficientnet_lite0 --strategy freeze --epochs 10
@@ -89,9 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field (the data path is the positional DATA), grouped by
     section; every flag defaults to None so that a config file's value shows through."""
-    from .config import SECTIONS, flat_name, leaves
-    from .settings import meta
-
     groups = {s: parser.add_argument_group(f"{s} settings") for s in SECTIONS}
     for section, f, hint in leaves():
         m, dest = meta(f), flat_name(f)
@@ -106,8 +112,6 @@ def setting_flag(f, hint) -> tuple[list[str], dict[str, Any]]:
     """The option strings and ``add_argument`` keywords of one RunConfig field: a boolean
     is a switch (``--name``, or ``--no-name`` when it defaults to true), a table is
     ``KEY=VALUE`` repeated, anything else takes one value of the field's type."""
-    from .settings import meta, split_optional
-
     m = meta(f)
     base, _ = split_optional(hint)
     long = m["flag"] or "--" + f.name.replace("_", "-")
@@ -127,8 +131,6 @@ def setting_flag(f, hint) -> tuple[list[str], dict[str, Any]]:
 
 def given_settings(a: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags, by flat name (``-o`` pairs as a table)."""
-    from .config import FLAT
-
     out = {k: getattr(a, k) for k in FLAT if getattr(a, k, None) is not None}
     if "options" in out:
         out["options"] = dict(out["options"])
@@ -136,23 +138,23 @@ def given_settings(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_fit(a) -> int:
-    from . import api
-    from .config import RunConfig, load_config_file
-
     if a.resume:
+        processes = api.recorded_run_config(a.resume).train.processes
+        if launch_processes(processes, a.argv):
+            return 0
         api.resume(a.resume, quiet=bool(a.quiet))
         return 0
     cfg = load_config_file(a.config) if a.config else RunConfig()
     cfg = cfg.updated(given_settings(a), where="command line")
     if cfg.data.path is None:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz), or --resume RUN")
+    if launch_processes(cfg.train.processes, a.argv):
+        return 0
     api.fit(config=cfg)
     return 0
 
 
 def cmd_evaluate(a) -> int:
-    from . import api
-
     tm = api.load(a.bundle)
     m = tm.evaluate(a.data)
     if a.json:
@@ -166,8 +168,6 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from . import api
-
     tm = api.load(a.bundle)
     if a.text:
         s = api.samples_from_list(a.inputs, "text", tm.classes)
@@ -190,8 +190,6 @@ def cmd_predict(a) -> int:
                     raise ConfigError(f"{x}: no such file")
             s = api.samples_from_list(a.inputs, "image", tm.classes)
         if tm.modality == "image":
-            from .data.images import check_image
-
             for item, origin in zip(s.items, s.origins):
                 check_image(item, origin)
     proba = tm.predict_proba(s)
@@ -208,23 +206,17 @@ def cmd_predict(a) -> int:
 
 def cmd_list(a) -> int:
     if a.what == "backbones":
-        from .backbones import list_backbones
-
         for e in list_backbones(include_test=a.all):
             name = e.name + (":<name>" if e.name in ("timm", "hf", "vectors") else "")
             tag = "offline" if e.offline else "hub"
             print(f"{name:22s} {e.modality:6s} {tag:8s} {e.description}")
     else:
-        from .strategies.base import list_strategies
-
         for s in list_strategies():
             print(f"{s.name:12s} {s.description}")
     return 0
 
 
 def cmd_explain(a) -> int:
-    from .report.explain import explain
-
     out = Path(a.out) if a.out else Path(a.bundle).resolve().parent / "explain"
     paths = explain(a.bundle, list(a.inputs), out, texts=a.text)
     html = [p for p in paths if str(p).endswith(".html")]
@@ -233,8 +225,6 @@ def cmd_explain(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
-
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
 
@@ -242,6 +232,7 @@ def cmd_demo(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     if not a.command:
         parser.print_help()
         return 2

@@ -28,6 +28,7 @@ from .engine.config import TrainConfig
 from .errors import ConfigError
 from .heads import HeadConfig
 from .settings import Settings, fields_of, meta, setting
+from .version import __version__
 
 #: version of the run_config.json layout; 1 was the flat, unversioned file of transferkit 0.1
 FORMAT_VERSION = 2
@@ -195,8 +196,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """``{"format_version": 2, "transferkit_version": ..., <section>: {...}}``; data
         given in memory is written as ``"<in-memory>"``."""
-        from .version import __version__
-
         out: dict[str, Any] = {"format_version": FORMAT_VERSION,
                                "transferkit_version": __version__}
         for s in SECTIONS:

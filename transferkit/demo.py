@@ -9,18 +9,16 @@ features).  The run prints validation and test figures and where the bundle and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .config import RunConfig
+from . import api
+from .config import RunConfig
+from .io import save_with
 
 
 def demo_data(folder: Path) -> Path:
     from sklearn.datasets import load_digits
-
-    from .io import save_with
 
     path = folder / "sklearn_digits.npz"
     if not path.exists():
@@ -33,8 +31,6 @@ def demo_data(folder: Path) -> Path:
 
 def demo_config() -> "RunConfig":
     """The demo's settings: EfficientNet-Lite0 at 128 px, frozen, an MLP head, 30 epochs."""
-    from .config import RunConfig
-
     return RunConfig.from_dict({
         "backbone": {"name": "efficientnet_lite0", "image_size": 128},
         "strategy": {"name": "freeze"},
@@ -44,8 +40,6 @@ def demo_config() -> "RunConfig":
 
 
 def run_demo(out: str = "runs/demo", cache_dir: str | None = None, quiet: bool = False):
-    from . import api
-
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     data = demo_data(out_p)

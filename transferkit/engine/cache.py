@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import onnx
+from .onnx import run
 from ..heads import masked_mean
 from ..io import save_tensors
 
@@ -71,7 +73,8 @@ class FeatureCache:
         self.used_runtime: str | None = None
         self.hits = 0       # samples read from the cache
         self.misses = 0     # samples computed
-        self.compute_s = 0.0
+        self.compute_s = 0.0   # running the backbone over samples (export not included)
+        self.export_s = 0.0    # exporting the backbone to ONNX and starting its session
 
     def _index(self, ns_dir: Path) -> dict[str, tuple[Path, int]]:
         from safetensors import safe_open
@@ -94,9 +97,10 @@ class FeatureCache:
         """Pooled features ``(N, D)`` of ``samples`` in item order."""
         runtime = self._runtime(backbone, pipeline)
         if not self.enabled:
+            session = self._session(backbone, runtime)
             t0 = time.perf_counter()
             out = extract_features(backbone, pipeline, samples, batch_size=batch_size,
-                                   progress=progress, session=self._session(backbone, runtime))
+                                   progress=progress, session=session)
             self.compute_s += time.perf_counter() - t0
             self.misses += len(samples)
             return out
@@ -106,10 +110,11 @@ class FeatureCache:
         missing = [i for i, k in enumerate(keys) if k not in index]
         new_feats = None
         if missing:
+            session = self._session(backbone, runtime)
             t0 = time.perf_counter()
             sub = samples.subset(missing)
             new_feats = extract_features(backbone, pipeline, sub, batch_size=batch_size,
-                                         progress=progress, session=self._session(backbone, runtime))
+                                         progress=progress, session=session)
             self.compute_s += time.perf_counter() - t0
             new_keys = [keys[i] for i in missing]
             # one shard per distinct key set; duplicate keys within samples are fine
@@ -140,10 +145,7 @@ class FeatureCache:
             out = torch.empty((0, backbone.feature_dim))
         return out
 
-
     def _runtime(self, backbone, pipeline) -> str:
-        from . import onnx
-
         rt = self.runtime
         if rt == "auto":
             rt = "onnx" if (backbone.modality == "image" and pipeline.device.type == "cpu"
@@ -154,9 +156,12 @@ class FeatureCache:
     def _session(self, backbone, runtime: str):
         if runtime != "onnx":
             return None
-        from . import onnx
 
-        return onnx.session_for(backbone, self.dir)
+        t0 = time.perf_counter()
+        try:
+            return onnx.session_for(backbone, self.dir)
+        finally:
+            self.export_s += time.perf_counter() - t0
 
 
 def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None,
@@ -173,8 +178,6 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
         with torch.inference_mode():
             for batch in pipeline.batches(samples, batch_size=batch_size):
                 if session is not None:
-                    from .onnx import run
-
                     f = run(session, batch.inputs.cpu())
                 else:
                     o = backbone(batch.inputs)

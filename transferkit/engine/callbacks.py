@@ -56,6 +56,7 @@ class Timing(Callback):
     def on_fit_end(self, state) -> None:
         state.timing["total_s"] = time.perf_counter() - self._t_fit
         state.timing["features_computed_s"] = state.trainer.cache.compute_s
+        state.timing["onnx_export_s"] = state.trainer.cache.export_s
 
 
 class ValidationScores(Callback):

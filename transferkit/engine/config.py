@@ -46,6 +46,8 @@ class TrainConfig(Settings):
     skip_bad: bool = setting(False, "skip unreadable images and list them")
     workers: int | None = setting(None, "image decoding worker processes")
     device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto")
+    processes: int = setting(1, "data-parallel training processes, through Accelerate (gloo "
+                             "on CPUs, NCCL on GPUs); the main one writes the run", metavar="N")
     #: how the epoch to keep is chosen when adapting to an unlabelled target domain:
     #: "auto" (= DEFAULT_DOMAIN_SELECTION); runs without a target always choose on source
     #: validation accuracy
@@ -69,6 +71,8 @@ class TrainConfig(Settings):
             raise ConfigError(f"--patience must be >= 1, got {self.patience}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {self.processes}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}")
         if self.select not in ("auto",) + CRITERIA:

@@ -19,10 +19,12 @@ process writes the feature cache, checkpoints, history, the bundle and the repor
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TransferkitError
 
 
 def launched_world_size() -> int:
@@ -31,6 +33,31 @@ def launched_world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
+
+
+def launch_processes(n: int, argv: list[str]) -> bool:
+    """Run ``transferkit <argv>`` as ``n`` processes through ``accelerate launch`` and wait
+    for them; ``False`` (nothing launched) when ``n`` is 1 or this process was itself
+    started by a launcher."""
+    if n <= 1 or launched_world_size() > 1:
+        return False
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "transferkit", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(cmd, env=env)
+    if done.returncode != 0:
+        raise LaunchError(f"--processes {n}: a training process failed (exit code "
+                          f"{done.returncode}); its message is above", done.returncode)
+    return True
+
+
+class LaunchError(TransferkitError):
+    """A process of a data-parallel run failed; it printed its own message."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = 2 if code == 2 else 1
 
 
 class Processes:
@@ -45,6 +72,12 @@ class Processes:
             self.accelerator = Accelerator(cpu=(device == "cpu"))
             self.rank = self.accelerator.process_index
             self.world = self.accelerator.num_processes
+
+    def describe(self) -> str:
+        if self.accelerator is None:
+            return "one process"
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "?"
+        return f"{backend} on {self.accelerator.device}"
 
     @property
     def is_main(self) -> bool:
@@ -89,6 +122,14 @@ class Processes:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def broadcast(self, value: str) -> str:
+        """The main process's ``value`` (e.g. a run folder named after the clock)."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     def wait(self) -> None:
         if self.accelerator is not None:

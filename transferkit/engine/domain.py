@@ -28,8 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import softmax
+from ..data import Samples
+from ..domain import domain_classifier_weights
 from ..errors import ConfigError
 from ..events import Callback
+from ..select import dev_risk, importance_weighted_accuracy, mean_entropy
 
 #: label-free selection criteria, and what each compares (higher key = better)
 CRITERIA = ("source-val", "iwv", "dev", "entropy")
@@ -37,8 +41,6 @@ MAX_SCORE_SAMPLES = 1000
 
 
 def _unlabelled(samples):
-    from ..data import Samples
-
     return Samples(samples.modality, samples.items, None, samples.classes, samples.origins,
                    samples.source)
 
@@ -75,10 +77,6 @@ class DomainData:
                *, use_cache: bool) -> dict[str, float | None]:
         """The label-free scores (and the oracle's target accuracy) of the current model,
         given its representation and logits on the source validation split."""
-        from ..domain import domain_classifier_weights
-        from ..select import dev_risk, importance_weighted_accuracy, mean_entropy
-        from .metrics import softmax
-
         z_t, lg_t = trainer.split_outputs("target_scoring", self.scoring, use_cache)
         y_v = np.asarray(y_val)
         p_v = softmax(logits_val.astype(np.float64))
@@ -141,7 +139,7 @@ class Snapshots(Callback):
             val = val.subset(sorted(rng.choice(len(val), self.SAMPLES, replace=False).tolist()))
         if len(tgt) > self.SAMPLES:
             tgt = tgt.subset(sorted(rng.choice(len(tgt), self.SAMPLES, replace=False).tolist()))
-        use_cache = trainer.model.features_fixed
+        use_cache = trainer.features.usable(any_weights=True)
         z_s, _ = trainer.split_outputs(f"snap_val_{name}", val, use_cache)
         z_t, _ = trainer.split_outputs(f"snap_tgt_{name}", tgt, use_cache)
         self.taken[name] = (z_s, z_t, np.asarray(val.labels))

@@ -33,16 +33,21 @@ class Features:
         self.weights_changed = False
 
     # ------------------------------------------------------------------ the rule
-    def usable(self, stage=None) -> bool:
+    def usable(self, stage=None, *, any_weights: bool = False) -> bool:
         """May the head be fed precomputed backbone features?
 
         In a training stage: when the backbone is frozen in it, what the head reads depends
         on the backbone alone, and no augmentation varies the images per epoch.  After
         training (``stage=None``, the final evaluation): when what the head reads depends on
-        the backbone alone and the backbone kept its pretrained weights.
+        the backbone alone and the backbone kept its pretrained weights.  With
+        ``any_weights`` (a one-off look at the representation, e.g. a domain run's
+        snapshots): whenever what the head reads depends on the backbone alone, the features
+        then being computed under the current weights.
         """
         if not self.model.features_fixed:
             return False
+        if any_weights:
+            return True
         if stage is None:
             return not self.weights_changed
         if not stage.frozen_backbone:

@@ -14,6 +14,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..data.datasets import make_loader
+from ..data.images import open_image
+from ..data.transforms import describe_transform, eval_transform, train_transform
 from ..errors import DataError
 
 
@@ -34,8 +37,6 @@ class InputPipeline:
         self.workers = workers
         self.device = device or torch.device("cpu")
         if self.modality == "image":
-            from ..data.transforms import eval_transform, train_transform
-
             pre = backbone.preprocess
             self._eval_tf = eval_transform(pre)
             self._train_tf = train_transform(pre, augment)
@@ -44,8 +45,6 @@ class InputPipeline:
 
     def describe(self, train: bool = False) -> str:
         if self.modality == "image":
-            from ..data.transforms import describe_transform
-
             return describe_transform(self.backbone.preprocess, self.augment and train, self.grayscale)
         return f"text:max_length={getattr(self.backbone, 'max_length', None)}"
 
@@ -53,8 +52,6 @@ class InputPipeline:
                 seed: int = 0, keep_order: bool = False) -> Iterator[Batch]:
         """Batches of ``samples``: shuffled by ``seed``, or in order (texts of similar length
         batched together for speed unless ``keep_order``)."""
-        from ..data.datasets import make_loader
-
         if samples.modality != self.modality:
             raise DataError(f"{samples.source}: holds {samples.modality} data but backbone "
                             f"{self.backbone.name!r} takes {self.modality}")
@@ -82,8 +79,6 @@ class InputPipeline:
                 yield Batch(tok, y.to(self.device), idx)
 
     def _raise_bad(self, samples, i: int) -> None:
-        from ..data.images import open_image
-
         origin = samples.origins[i]
         open_image(samples.items[i], origin, grayscale=self.grayscale)  # raises the exact fault
         raise DataError(f"{origin}: could not be decoded")  # pragma: no cover

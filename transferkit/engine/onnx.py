@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import save_with
+
 _SESSIONS: dict[str, object] = {}
 
 
@@ -54,8 +56,6 @@ def session_for(backbone, folder: Path):
     if key in _SESSIONS:
         return _SESSIONS[key]
     import onnxruntime as ort
-
-    from ..io import save_with
 
     path = Path(folder) / "onnx" / f"{key}.onnx"
     if not path.exists():

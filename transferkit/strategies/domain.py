@@ -29,10 +29,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..events import Callback
 from .base import (Options, ParamGroup, Stage, Strategy, default_backbone_lr, head_params,
                    register_strategy)
+from ..domain import (DomainDiscriminator, cdan_features, coral_loss, dann_lambda,
+                      domain_adversarial_loss, entropy, grad_reverse, mk_mmd)
+from ..errors import ConfigError
+from ..events import Callback
 
 
 @dataclass
@@ -184,8 +186,6 @@ class Dann(_Deep):
         return model.head.embed_dim
 
     def attach(self, model) -> None:
-        from ..domain import DomainDiscriminator
-
         if model.attached("domain_disc") is None:
             model.attach("domain_disc", DomainDiscriminator(self.disc_input(model),
                                                             hidden=self.options.disc_hidden))
@@ -197,8 +197,6 @@ class Dann(_Deep):
         return side["embed"]
 
     def domain_terms(self, model, source, target, progress):
-        from ..domain import dann_lambda, domain_adversarial_loss
-
         lam = dann_lambda(progress, self.options.gamma)
         loss = domain_adversarial_loss(model.domain_disc, self.disc_features(source),
                                        self.disc_features(target), lam)
@@ -222,14 +220,10 @@ class Cdan(Dann):
         return model.head.embed_dim * len(model.classes)
 
     def disc_features(self, side):
-        from ..domain import cdan_features
-
         probs = torch.softmax(side["logits"], 1).detach()
         return cdan_features(side["embed"], probs)
 
     def domain_terms(self, model, source, target, progress):
-        from ..domain import dann_lambda, entropy, grad_reverse
-
         lam = dann_lambda(progress, self.options.gamma)
         f_s, f_t = self.disc_features(source), self.disc_features(target)
         d_s = model.domain_disc(grad_reverse(f_s, lam))
@@ -254,8 +248,6 @@ class Mmd(_Deep):
     description = "multi-kernel MMD between source and target representations (DAN, Long et al. 2015)"
 
     def domain_terms(self, model, source, target, progress):
-        from ..domain import mk_mmd
-
         return {"mmd": self.options.weight * mk_mmd(source["embed"], target["embed"])}
 
 
@@ -265,6 +257,4 @@ class Coral(_Deep):
     description = "Deep CORAL: match the covariances of source and target representations"
 
     def domain_terms(self, model, source, target, progress):
-        from ..domain import coral_loss
-
         return {"coral": self.options.weight * coral_loss(source["embed"], target["embed"])}

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..events import Callback
 from .base import Options, ParamGroup, Solution, Stage, head_params, register_strategy
 from .domain import DeepOptions, DomainStrategy, source_stage
 from .linear import fit_logreg
+from ..domain import (coral_transform, domain_classifier_weights, kmm_weights, tca_fit,
+                      tradaboost_beta, tradaboost_update)
+from ..errors import ConfigError
+from ..events import Callback
 
 
 def _pre_stages(opts, model, train) -> list[Stage]:
@@ -118,8 +120,6 @@ class Tca(_Features):
         self.require_positive("dim", "mu")
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target, **_):
-        from ..domain import tca_fit
-
         _need_linear(self.name, model)
         xs, xt = x_train.double().numpy(), x_target.double().numpy()
         mu0, sd = _standardiser(xs, xt)
@@ -160,8 +160,6 @@ class CoralFeatures(_Features):
         self.require_positive("eps")
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target, **_):
-        from ..domain import coral_transform
-
         _need_linear(self.name, model)
         xs, xt = x_train.double().numpy(), x_target.double().numpy()
         # standardise each feature with the target's statistics (the classifier meets target
@@ -206,8 +204,6 @@ class Importance(DomainStrategy):
         return _pre_stages(o, model, train) + [st]
 
     def instance_weights(self, x_source, x_target, seed):
-        from ..domain import domain_classifier_weights, kmm_weights
-
         xs, xt = x_source.double().numpy(), x_target.double().numpy()
         mu0, sd = _standardiser(xs, xt)
         xs, xt = (xs - mu0) / sd, (xt - mu0) / sd
@@ -257,8 +253,6 @@ class TrAdaBoost(_Features):
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed, *, x_target,
                         x_target_labelled=None, y_target_labelled=None, **_):
-        from ..domain import tradaboost_beta, tradaboost_update
-
         _need_linear(self.name, model)
         if x_target_labelled is None or len(x_target_labelled) == 0:
             raise ConfigError("tradaboost: needs labelled target samples: pass --target-labels N")

@@ -56,9 +56,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
 from ..backbones import Backbone
 from ..errors import ConfigError
-from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
+from ..io import save_tensors, write_text
 
 #: seed of the adapters' initial values (overwritten from the bundle when one is loaded)
 INIT_SEED = 0
@@ -426,8 +427,6 @@ class Lora(Strategy):
     def save_extra(self, model, bundle_dir) -> None:
         """The adapters in PEFT's format, for ``PeftModel.from_pretrained(base, <dir>)``."""
         from peft import get_peft_model_state_dict
-
-        from ..io import save_tensors, write_text
 
         root = adapter_root(model.backbone)
         configs = getattr(root, "peft_config", None)
