@@ -9,7 +9,7 @@ gets one thread (``OMP_NUM_THREADS=1``), so both use the two cores.  Times are t
 published figures (``metrics.json`` -> ``timing``: ``train_s`` is the time in training batches,
 ``total_s`` the whole fit) and the wall time of the command (process start-up included).
 
-    python benchmarks/processes.py [--rounds 2] [--epochs 2]
+    python benchmarks/processes.py [--rounds 2] [--epochs 2] [--report-only] [--quick]
 """
 
 from __future__ import annotations
@@ -57,21 +57,28 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2, help="whole-network epochs")
+    ap.add_argument("--report-only", action="store_true", help="tables from stored runs only")
     ap.add_argument("--quick", action="store_true", help="one round, one epoch; results under "
                     "benchmarks/.cache/quick_results")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.epochs = 1, 1
         common.use_quick_results()
+    store = common.RunStore(common.runs_path(STEM, args.quick))
+    cache = common.CACHE / "features"
+    plan = [(r, n, common.run_key({"round": r, "processes": n, "epochs": args.epochs}))
+            for r in range(args.rounds) for n in (1, 2)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"
-        one_run(1, 0, Path(tmp) / "warm", cache)  # fills the feature cache for both
-        for r in range(args.rounds):
-            for n in (1, 2):
-                row = one_run(n, args.epochs, Path(tmp) / f"r{r}-p{n}", cache)
-                common.log(f"round {r}, {n} process(es): {row}")
-                rows.append({"round": r, **row})
+        if not args.report_only and any(key not in store for _, _, key in plan):
+            one_run(1, 0, Path(tmp) / "warm", cache)  # fills the feature cache for both
+        for r, n, key in plan:
+            row = store.run(key, lambda: {"round": r, **one_run(n, args.epochs,
+                                                                Path(tmp) / f"r{r}-p{n}", cache)},
+                            label=f"round {r}, {n} process(es)", summary=str,
+                            only_stored=args.report_only)
+            if row is not None:
+                rows.append(common.without_key(row))
     report(rows, args)
 
 
