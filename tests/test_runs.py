@@ -1,0 +1,154 @@
+"""Run folders, checkpoints and interruption: a damaged checkpoint is named and refused, a
+finished run resumes to the same bundle, a run folder is never overwritten by accident."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from transferkit.cli import main
+
+from conftest import interrupt_after, make_image_folder
+
+SETTINGS = ["--backbone", "tiny-cnn", "--strategy", "finetune", "-o", "head_epochs=1",
+            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--seed", "1", "-q"]
+FREEZE = ["--backbone", "tiny-cnn", "--strategy", "freeze", "--batch-size", "4", "--workers",
+          "0", "-q"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code, err, *needles, exit_code=2):
+    assert code == exit_code, err
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def tensors(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    x, y = tensors(a), tensors(b)
+    return x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-stage run (head, then fine-tuning) and its data."""
+    root = tmp_path_factory.mktemp("runs")
+    data = make_image_folder(root / "imgs", per_class=6)
+    code = main(["fit", str(data), *SETTINGS, "--out", str(root / "done"),
+                 "--cache-dir", str(root / "cache")])
+    assert code == 0
+    return root, data
+
+
+def copy_run(finished, tmp_path, name="run") -> Path:
+    root, _ = finished
+    dst = tmp_path / name
+    shutil.copytree(root / "done", dst)
+    rc = json.loads((dst / "run_config.json").read_text())
+    rc["run"]["out"] = str(dst)
+    rc["run"]["cache_dir"] = str(tmp_path / "cache")
+    (dst / "run_config.json").write_text(json.dumps(rc))
+    return dst
+
+
+def epoch_folder(run_dir: Path) -> Path:
+    st = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    return run_dir / "checkpoint" / st["folder"]
+
+
+# ----------------------------------------------------------------------------- run folders
+
+def test_out_naming_a_file_is_refused(finished, tmp_path, capsys):
+    _, data = finished
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "afile"], capsys)
+    one_error_line(code, err, "--out", "afile", "not a folder")
+    code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "afile" / "run"], capsys)
+    one_error_line(code, err, "--out", "afile", "not a folder")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_existing_run_is_not_overwritten(finished, tmp_path, capsys):
+    _, data = finished
+    run_dir = copy_run(finished, tmp_path)
+    before = digest(run_dir)
+    code, _, err = run(["fit", data, *SETTINGS, "--epochs", "3", "--out", run_dir], capsys)
+    one_error_line(code, err, str(run_dir), "already holds a run", "--resume", "--overwrite")
+    assert digest(run_dir) == before
+
+
+@pytest.mark.parametrize("fault", ["missing data", "bad data", "bad weights"])
+def test_a_fit_that_fails_on_its_inputs_leaves_the_run_alone(finished, tmp_path, capsys,
+                                                              fault):
+    _, data = finished
+    run_dir = copy_run(finished, tmp_path)
+    before = digest(run_dir)
+    args = ["fit", data, *SETTINGS, "--out", run_dir, "--overwrite"]
+    if fault == "missing data":
+        args[1] = tmp_path / "nope"
+    elif fault == "bad data":
+        (tmp_path / "bad.csv").write_text("text,label\nonly one row,a\n")
+        args[1] = tmp_path / "bad.csv"
+    else:
+        (tmp_path / "w.safetensors").write_bytes(b"not tensors")
+        args[3] = "timm:resnet18"
+        args += ["--weights", tmp_path / "w.safetensors"]
+    code, _, err = run(args, capsys)
+    one_error_line(code, err)
+    assert digest(run_dir) == before
+    # and --resume still finishes the run with its own settings
+    assert json.loads((run_dir / "run_config.json").read_text())["train"]["epochs"] == 1
+
+
+def test_overwrite_replaces_the_run_and_nothing_else(finished, tmp_path, capsys):
+    _, data = finished
+    run_dir = copy_run(finished, tmp_path)
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "checkpoint" / "stray").mkdir()
+    code, _, err = run(["fit", data, *FREEZE, "--epochs", "2", "--out", run_dir,
+                        "--overwrite"], capsys)
+    assert code == 0, err
+    rc = json.loads((run_dir / "run_config.json").read_text())
+    assert rc["strategy"]["name"] == "freeze" and rc["run"]["overwrite"] is False
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 2
+    assert not (run_dir / "checkpoint" / "stray").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_or_unrelated_folder_is_used(finished, tmp_path, capsys):
+    _, data = finished
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "empty"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "empty" / "bundle" / "model.safetensors").exists()
+
+
+def test_resume_of_no_run(tmp_path, capsys):
+    code, _, err = run(["fit", "--resume", tmp_path / "nope"], capsys)
+    one_error_line(code, err, "nope", "run_config.json")
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(["fit", "--resume", tmp_path / "afile"], capsys)
+    one_error_line(code, err, "afile")
