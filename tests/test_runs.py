@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from transferkit.cli import main
+from transferkit.engine.checkpoint import FORMAT, read_checkpoint
 
 from conftest import interrupt_after, make_image_folder
 
@@ -77,6 +78,132 @@ def copy_run(finished, tmp_path, name="run") -> Path:
 def epoch_folder(run_dir: Path) -> Path:
     st = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     return run_dir / "checkpoint" / st["folder"]
+
+
+# ----------------------------------------------------------------------------- the format
+
+def test_a_checkpoint_is_one_verified_folder_named_by_the_manifest(finished):
+    root, _ = finished
+    ck = root / "done" / "checkpoint"
+    st = json.loads((ck / "state.json").read_text())
+    assert st["format"] == FORMAT and (st["stage"], st["epoch"]) == (1, 1)
+    entries = sorted(p.name for p in ck.iterdir())
+    assert entries == sorted(["state.json", st["folder"]])  # older epochs are gone
+    assert set(st["files"]) == {"model.safetensors", "best.safetensors", "optimizer.json",
+                                "optimizer.safetensors"}
+    for name, entry in st["files"].items():
+        data = (ck / st["folder"] / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    restored = read_checkpoint(ck)
+    assert restored.position["history"] == st["history"]
+
+
+def test_resuming_a_finished_run_writes_the_same_results_again(finished, tmp_path, capsys):
+    run_dir = copy_run(finished, tmp_path)
+    before = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "bundle" / "model.safetensors").unlink()
+    code, out, err = run(["fit", "--resume", run_dir], capsys)
+    assert code == 0, err
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["val"] == before["val"] and after["test"] == before["test"]
+    assert same_tensors(run_dir / "bundle" / "model.safetensors",
+                        finished[0] / "done" / "bundle" / "model.safetensors")
+
+
+def test_resuming_a_finished_run_says_so(finished, tmp_path, capsys):
+    run_dir = copy_run(finished, tmp_path)
+    code, out, err = run(["fit", "--resume", run_dir], capsys)
+    assert code == 0, err
+    assert "the run had finished training" in out + err
+
+
+# ----------------------------------------------------------------------------- damage
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("state.json truncated", "state.json"),
+    ("state.json empty", "state.json"),
+    ("model truncated", "model.safetensors"),
+    ("best flipped", "best.safetensors"),
+    ("optimizer missing", "optimizer.safetensors"),
+    ("folder missing", "the folder state.json names is missing"),
+    ("state.json not a table", "state.json"),
+])
+def test_a_damaged_checkpoint_is_named_and_refused(finished, tmp_path, capsys, damage, needle):
+    run_dir = copy_run(finished, tmp_path)
+    manifest = run_dir / "checkpoint" / "state.json"
+    folder = epoch_folder(run_dir)
+    if damage == "state.json truncated":
+        _truncate(manifest, 40)
+    elif damage == "state.json empty":
+        manifest.write_bytes(b"")
+    elif damage == "model truncated":
+        _truncate(folder / "model.safetensors", 100)
+    elif damage == "best flipped":
+        data = bytearray((folder / "best.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (folder / "best.safetensors").write_bytes(bytes(data))
+    elif damage == "optimizer missing":
+        (folder / "optimizer.safetensors").unlink()
+    elif damage == "folder missing":
+        shutil.rmtree(folder)
+    else:
+        manifest.write_text("[1, 2]")
+    before = digest(run_dir)
+    code, _, err = run(["fit", "--resume", run_dir, "-q"], capsys)
+    line = one_error_line(code, err, needle, "checkpoint is damaged")
+    assert str(run_dir / "checkpoint") in line
+    assert digest(run_dir) == before  # nothing was written
+
+
+def test_a_damaged_checkpoint_of_the_old_layout_is_named(finished, tmp_path, capsys):
+    run_dir = copy_run(finished, tmp_path)
+    _to_old_layout(run_dir)
+    _truncate(run_dir / "checkpoint" / "model.safetensors", 100)
+    code, _, err = run(["fit", "--resume", run_dir, "-q"], capsys)
+    one_error_line(code, err, "model.safetensors", "checkpoint is damaged")
+
+
+def _to_old_layout(run_dir: Path) -> None:
+    """The checkpoint as transferkit 0.1 wrote it: the files beside an unversioned state.json."""
+    ck = run_dir / "checkpoint"
+    st = json.loads((ck / "state.json").read_text())
+    for p in (ck / st["folder"]).iterdir():
+        p.rename(ck / p.name)
+    (ck / st["folder"]).rmdir()
+    for key in ("format", "folder", "files"):
+        st.pop(key)
+    (ck / "state.json").write_text(json.dumps(st))
+
+
+def test_a_checkpoint_of_the_old_layout_still_resumes(finished, tmp_path, capsys, monkeypatch):
+    root, data = finished
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)  # the head stage done, fine-tuning not begun
+        code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "cut"], capsys)
+    assert code == 130, err
+    _to_old_layout(tmp_path / "cut")
+    code, _, err = run(["fit", "--resume", tmp_path / "cut"], capsys)
+    assert code == 0, err
+    assert same_tensors(tmp_path / "cut" / "bundle" / "model.safetensors",
+                        root / "done" / "bundle" / "model.safetensors")
+    # the next save replaced the old layout by the new one
+    st = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert st["format"] == FORMAT
+    assert not (tmp_path / "cut" / "checkpoint" / "model.safetensors").exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused(finished, tmp_path, capsys):
+    run_dir = copy_run(finished, tmp_path)
+    rc = json.loads((run_dir / "run_config.json").read_text())
+    rc["head"]["kind"], rc["head"]["hidden"] = "mlp", 7
+    (run_dir / "run_config.json").write_text(json.dumps(rc))
+    code, _, err = run(["fit", "--resume", run_dir, "-q"], capsys)
+    one_error_line(code, err, "state.json", "belongs to another run")
 
 
 # ----------------------------------------------------------------------------- run folders
