@@ -227,7 +227,7 @@ def test_an_existing_run_is_not_overwritten(finished, tmp_path, capsys):
     assert digest(run_dir) == before
 
 
-@pytest.mark.parametrize("fault", ["missing data", "bad data", "bad weights"])
+@pytest.mark.parametrize("fault", ["missing data", "bad data", "bad weights", "epochs 0"])
 def test_a_fit_that_fails_on_its_inputs_leaves_the_run_alone(finished, tmp_path, capsys,
                                                               fault):
     _, data = finished
@@ -239,12 +239,14 @@ def test_a_fit_that_fails_on_its_inputs_leaves_the_run_alone(finished, tmp_path,
     elif fault == "bad data":
         (tmp_path / "bad.csv").write_text("text,label\nonly one row,a\n")
         args[1] = tmp_path / "bad.csv"
-    else:
+    elif fault == "bad weights":
         (tmp_path / "w.safetensors").write_bytes(b"not tensors")
         args[3] = "timm:resnet18"
         args += ["--weights", tmp_path / "w.safetensors"]
+    else:
+        args = ["fit", data, *FREEZE, "--epochs", "0", "--out", run_dir, "--overwrite"]
     code, _, err = run(args, capsys)
-    one_error_line(code, err)
+    one_error_line(code, err, "epochs 0" if fault == "epochs 0" else "")
     assert digest(run_dir) == before
     # and --resume still finishes the run with its own settings
     assert json.loads((run_dir / "run_config.json").read_text())["train"]["epochs"] == 1
@@ -279,3 +281,22 @@ def test_resume_of_no_run(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, err = run(["fit", "--resume", tmp_path / "afile"], capsys)
     one_error_line(code, err, "afile")
+
+
+# ----------------------------------------------------------------------------- epochs 0
+
+def test_epochs_0_is_refused_when_nothing_would_train(finished, tmp_path, capsys):
+    _, data = finished
+    code, _, err = run(["fit", data, *FREEZE, "--epochs", "0", "--out", tmp_path / "r"],
+                       capsys)
+    one_error_line(code, err, "--epochs 0", "freeze", "train nothing")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("strategy,options", [("linear", []), ("finetune", ["-o", "head_epochs=1"])])
+def test_epochs_0_runs_when_a_stage_still_trains(finished, tmp_path, capsys, strategy, options):
+    _, data = finished
+    code, _, err = run(["fit", data, "--backbone", "tiny-cnn", "--strategy", strategy, *options,
+                        "--epochs", "0", "--workers", "0", "-q", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["val"]["n"] > 0
