@@ -275,6 +275,17 @@ def test_an_empty_or_unrelated_folder_is_used(finished, tmp_path, capsys):
     assert (tmp_path / "empty" / "bundle" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("extra,needle", [(["--overwrite"], "--overwrite"),
+                                          (["--epochs", "3"], "--epochs"),
+                                          (["--config", "x.yaml"], "--config")])
+def test_resume_takes_no_other_settings(finished, tmp_path, capsys, extra, needle):
+    run_dir = copy_run(finished, tmp_path)
+    before = digest(run_dir)
+    code, _, err = run(["fit", "--resume", run_dir, *extra], capsys)
+    one_error_line(code, err, "--resume", needle)
+    assert digest(run_dir) == before
+
+
 def test_resume_of_no_run(tmp_path, capsys):
     code, _, err = run(["fit", "--resume", tmp_path / "nope"], capsys)
     one_error_line(code, err, "nope", "run_config.json")
@@ -300,3 +311,55 @@ def test_epochs_0_runs_when_a_stage_still_trains(finished, tmp_path, capsys, str
                         "--epochs", "0", "--workers", "0", "-q", "--out", tmp_path / "r"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["val"]["n"] > 0
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, capsys):
+    from transferkit.errors import DataError
+
+    for argv in (["--debug", "fit", tmp_path / "nope"], ["fit", tmp_path / "nope", "--debug"]):
+        with pytest.raises(DataError, match="nope"):
+            main([str(a) for a in argv])
+    code, _, err = run(["fit", tmp_path / "nope"], capsys)
+    one_error_line(code, err, "nope")
+
+
+def test_quiet_before_the_command(finished, tmp_path, capsys):
+    _, data = finished
+    code, out, err = run(["fit", data, *FREEZE[:-1], "--out", tmp_path / "loud"], capsys)
+    assert code == 0, err
+    assert "run folder" in out + err
+    code, out, err = run(["-q", "fit", data, *FREEZE[:-1], "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert "run folder" not in out + err
+
+
+def test_sigterm_and_ctrl_c_exit_codes(finished, tmp_path, capsys, monkeypatch):
+    from transferkit.engine import trainer as trainer_mod
+    from transferkit.errors import Terminated
+
+    _, data = finished
+    for exc, expected in ((Terminated, 143), (KeyboardInterrupt, 130)):
+        def stop(*a, **k):
+            raise exc
+        with monkeypatch.context() as m:
+            m.setattr(trainer_mod.Trainer, "_train_batches", stop)
+            out = tmp_path / expected.__str__()
+            code, _, err = run(["fit", data, *SETTINGS, "--out", out], capsys)
+        assert code == expected, err
+        assert f"resume with: transferkit fit --resume {out}" in err and "Traceback" not in err
+
+
+def test_an_internal_error_says_where_to_report_it(finished, tmp_path, capsys, monkeypatch):
+    from transferkit.engine import trainer as trainer_mod
+
+    _, data = finished
+
+    def broken(*a, **k):
+        raise RuntimeError("an internal fault")
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_batches", broken)
+    code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "r"], capsys)
+    line = one_error_line(code, err, "RuntimeError", "an internal fault", "report",
+                          "--debug", exit_code=1)
+    assert "issue tracker" in line
