@@ -363,3 +363,19 @@ def test_an_internal_error_says_where_to_report_it(finished, tmp_path, capsys, m
     line = one_error_line(code, err, "RuntimeError", "an internal fault", "report",
                           "--debug", exit_code=1)
     assert "issue tracker" in line
+
+
+def test_a_file_the_system_refuses_is_named(finished, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from transferkit.engine import checkpoint as ck
+
+    _, data = finished
+
+    def full(folder, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "state.json"))
+    monkeypatch.setattr(ck, "write_checkpoint", full)
+    monkeypatch.setattr("transferkit.engine.callbacks.write_checkpoint", full)
+    code, _, err = run(["fit", data, *SETTINGS, "--out", tmp_path / "r"], capsys)
+    one_error_line(code, err, str(tmp_path / "r" / "checkpoint" / "state.json"),
+                   "No space left on device")

@@ -289,12 +289,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: out of memory; try a smaller --batch-size or --image-size", file=sys.stderr)
         return 1
+    except OSError as e:
+        if a.debug or not e.filename:
+            if a.debug:
+                raise
+            return _internal(e)
+        # a file the system would not read or write (permission, a full disk, ...)
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - last line of defence: no raw traceback
         if a.debug:
             raise
-        msg = " ".join(str(e).split())[:300]
-        print(f"error: {type(e).__name__}: {msg} ({REPORT_BUG})", file=sys.stderr)
-        return 1
+        return _internal(e)
+
+
+def _internal(e: BaseException) -> int:
+    """An internal error: one line, exit 1, and where to report it."""
+    msg = " ".join(str(e).split())[:300]
+    print(f"error: {type(e).__name__}: {msg} ({REPORT_BUG})", file=sys.stderr)
+    return 1
 
 
 @contextmanager
