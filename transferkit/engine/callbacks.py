@@ -222,7 +222,8 @@ class Checkpoint(Callback):
 
     # -------------------------------------------------------------- resuming
     def on_fit_start(self, state) -> None:
-        ck = read_checkpoint(self.dir, state.device) if self.resume else None
+        # on the CPU: the optimizer's load_state_dict moves its state to each parameter's device
+        ck = read_checkpoint(self.dir) if self.resume else None
         if ck is None:
             return
         pos, b = ck.position, ck.position["best"]

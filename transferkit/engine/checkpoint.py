@@ -81,7 +81,7 @@ def write_checkpoint(folder: Path, tensors: dict, best: dict | None, optimizer: 
     return manifest
 
 
-def read_checkpoint(folder: Path, device=None) -> Restored | None:
+def read_checkpoint(folder: Path, device: str | None = None) -> Restored | None:
     """The checkpoint in ``folder``, verified (``None`` when there is none); a damaged one
     raises :class:`~transferkit.errors.CheckpointError` naming the file."""
     manifest = Path(folder) / MANIFEST
