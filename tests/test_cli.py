@@ -264,7 +264,7 @@ def test_sigterm_keeps_the_checkpoint(tmp_path):
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     assert "resume" in err and "Traceback" not in err
     st = json.loads(state.read_text())
     assert st["epoch"] >= 1

@@ -2,7 +2,8 @@
 
 ``fit`` is orchestration, one named step each: :func:`configure` (every setting through one
 :class:`~transferkit.config.RunConfig`) → :func:`read_run_data` (splits, target domain, image
-checks) → :func:`start_run` (the run folder and ``run_config.json``) → :func:`build_run_model`
+checks) → :func:`start_run` (the run folder's name; the folder and ``run_config.json`` are
+written when training starts) → :func:`build_run_model`
 (backbone + head) → :func:`train_and_score` (the engine; validation is used for every choice,
 test never) → :func:`write_run`:
 
@@ -41,9 +42,10 @@ from .engine.cache import FeatureCache
 from .engine.config import TrainConfig, resolve_device
 from .engine.distributed import Processes, launched_world_size
 from .engine.inputs import InputPipeline
+from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.trainer import Trainer
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, Terminated
 from .heads import build_model
 from .io import write_json, write_text
 from .report.domain import domain_report
@@ -66,9 +68,10 @@ def _seed_everything(seed: int) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM behaves like Ctrl-C: the run stops and its last checkpoint stays."""
+    """SIGTERM behaves like Ctrl-C: the run stops and its last checkpoint stays
+    (:class:`~transferkit.errors.Terminated` is a KeyboardInterrupt)."""
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
     try:
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
@@ -130,6 +133,8 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
     """
     cfg = configure(data, config, settings)
+    if cfg.run.out is not None:  # before anything is read: it only looks
+        check_run_folder(cfg.run.out, resume=resume, overwrite=cfg.run.overwrite)
     procs = start_processes(cfg)
     rep = Reporter(cfg.run.quiet or not procs.is_main)
     if procs.world > 1:
@@ -137,7 +142,7 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     t0 = time.perf_counter()
     strat, head_cfg = build_strategy(cfg)
     run_data = read_run_data(cfg, strat, rep.log)
-    run_dir = start_run(cfg, rep.log, procs)
+    run_dir = start_run(cfg, procs, resume=resume)
     phases = {"scan_s": run_data.scan_s}
     with _timed(phases, "backbone_s"):
         model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
@@ -277,32 +282,38 @@ def _resolve_splits(cfg: RunConfig, strat):
     return splits, domain
 
 
-def start_run(cfg: RunConfig, log, procs) -> Path:
-    """Create the run folder and record the configuration in ``run_config.json`` (skipped
-    when some data was given in memory: such a run cannot be replayed from a file).  In a
-    data-parallel run every process uses the main one's folder, which only it writes."""
+def start_run(cfg: RunConfig, procs, *, resume: bool = False) -> Path:
+    """The run folder's path, the same in every process of a data-parallel run.  Nothing is
+    written here: :class:`~transferkit.engine.runfolder.RunFolder` creates the folder and
+    records ``run_config.json`` when training starts, once the inputs have been checked."""
     out = cfg.run.out
     run_dir = Path(out) if out else Path("runs") / time.strftime(
         f"%Y%m%d-%H%M%S-{cfg.strategy.name}")
     run_dir = Path(procs.broadcast(str(run_dir)))
-    if not procs.is_main:
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"run folder: {run_dir}")
-    if not cfg.in_memory():
-        write_json(run_dir / "run_config.json", recorded_config(cfg, run_dir).to_dict())
+    if not resume and procs.is_main:  # the others could see the main one's new folder
+        check_run_folder(run_dir, overwrite=cfg.run.overwrite)
     return run_dir
+
+
+def run_folder_callback(cfg: RunConfig, run_dir: Path, resume: bool) -> RunFolder:
+    """The callback that prepares ``run_dir`` and records the configuration in
+    ``run_config.json`` (skipped when some data was given in memory: such a run cannot be
+    replayed from a file)."""
+    record = None if cfg.in_memory() else recorded_config(cfg, run_dir).to_dict()
+    return RunFolder(run_dir, record, resume=resume, overwrite=cfg.run.overwrite)
 
 
 def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """``cfg`` as written to ``run_config.json``: data paths made absolute, the run folder
-    named (a target domain named by ``domain_column`` is a value, not a path)."""
+    named (a target domain named by ``domain_column`` is a value, not a path); ``overwrite``
+    is how this run started, not a setting a resume should repeat."""
     target = cfg.domain.target
     if cfg.domain.domain_column is None:
         target = _pathish(target)
     return cfg.updated({"data": {"path": _pathish(cfg.data.path), "val": _pathish(cfg.data.val),
                                  "test": _pathish(cfg.data.test)},
-                        "domain": {"target": target}, "run": {"out": str(run_dir)}})
+                        "domain": {"target": target},
+                        "run": {"out": str(run_dir), "overwrite": False}})
 
 
 def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
@@ -336,19 +347,25 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
     with rep.progress() as progress:
         trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device, processes=procs)
+        folder = [run_folder_callback(cfg, run_dir, resume)] if _is_main(procs) else []
         with _sigterm_as_interrupt():
             if domain is None:
-                result = trainer.fit(splits["train"], splits["val"], resume=resume)
+                result = trainer.fit(splits["train"], splits["val"], resume=resume,
+                                     callbacks=folder)
             else:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      target=domain["target"], target_test=domain["test"],
-                                     target_labelled=domain["labelled"])
+                                     target_labelled=domain["labelled"], callbacks=folder)
         # the engine decides whether evaluation may read cached backbone features
         val_m = trainer.evaluate(splits["val"])
         timing = dict(result.timing)
         with _timed(timing, "test_s"):
             test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
     return Outcome(trainer, result, val_m, test_m, cache, timing)
+
+
+def _is_main(procs) -> bool:
+    return procs is None or procs.is_main
 
 
 def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path,
@@ -453,7 +470,7 @@ def resume(run_dir: str | os.PathLike, *, quiet: bool = False) -> "TrainedModel"
     """Finish an interrupted run from its last checkpoint, with the settings recorded in
     ``RUN/run_config.json`` (the unversioned files of transferkit 0.1 are read too)."""
     cfg = recorded_run_config(run_dir)
-    return fit(config=cfg, out=Path(run_dir), quiet=quiet, resume=True)
+    return fit(config=cfg, out=Path(run_dir), quiet=quiet, overwrite=False, resume=True)
 
 
 def recorded_run_config(run_dir: str | os.PathLike) -> RunConfig:
@@ -687,7 +704,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         s.origins = [f"X[{i}]" for i in range(len(X))]
         params = {name: getattr(self, name) for name in CLASSIFIER_PARAMS}
         params["out"] = self.out or tempfile.mkdtemp(prefix="transferkit-")
-        self.model_ = fit(s, test_fraction=0.0, **params)
+        # fitting again replaces the estimator's own run (cross-validation refits the clones)
+        self.model_ = fit(s, test_fraction=0.0, overwrite=bool(self.out), **params)
         return self
 
     def _items(self, X):

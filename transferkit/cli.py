@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_fi
 from .data.images import check_image
 from .demo import run_demo
 from .engine.distributed import launch_processes
-from .errors import ConfigError, TransferkitError
+from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -55,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from "
                                 "pretrained image and text backbones.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[common])
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    # before the command (transferkit --debug fit ...) they mean what they mean after it;
+    # their own names, because a command's defaults would overwrite them
+    p.add_argument("--debug", dest="debug_first", action="store_true",
+                   help="show the full traceback on errors")
+    p.add_argument("--quiet", "-q", dest="quiet_first", action="store_true",
+                   help="print only results")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     f = sub.add_parser("fit", parents=[debug], help="adapt a pretrained backbone to labelled data",
@@ -139,6 +146,7 @@ def given_settings(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_fit(a) -> int:
     if a.resume:
+        _resume_alone(a)
         processes = api.recorded_run_config(a.resume).train.processes
         if launch_processes(processes, a.argv):
             return 0
@@ -152,6 +160,28 @@ def cmd_fit(a) -> int:
         return 0
     api.fit(config=cfg)
     return 0
+
+
+def _resume_alone(a) -> None:
+    """``--resume RUN`` takes every setting from ``RUN/run_config.json``: refuse others, which
+    would otherwise be ignored without a word (``--quiet`` says how to print, not how to run)."""
+    given = [k for k in given_settings(a) if k != "quiet"]
+    if a.config:
+        given.insert(0, "config")
+    if given:
+        flags = ", ".join(_flag_of(k) for k in given)
+        raise ConfigError(f"--resume {a.resume} takes its settings from the run's "
+                          f"run_config.json; drop {flags} (or start a new run with --out)")
+
+
+def _flag_of(name: str) -> str:
+    if name == "config":
+        return "--config"
+    if name == "data":
+        return "DATA"
+    section, field = FLAT[name]
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == field)
+    return meta(f)["flag"] or "--" + field.replace("_", "-")
 
 
 def cmd_evaluate(a) -> int:
@@ -233,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
+    a.debug = bool(getattr(a, "debug", False) or a.debug_first)
+    if a.quiet_first:
+        a.quiet = True
     if not a.command:
         parser.print_help()
         return 2
@@ -240,31 +273,70 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
-        return handler(a)
+        with _sigterm_raises():
+            return handler(a)
     except TransferkitError as e:
         if a.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if a.debug:
             raise
-        run = getattr(a, "out", None) or getattr(a, "resume", None)
-        hint = f"; resume with: transferkit fit --resume {run}" if a.command == "fit" and run else ""
-        print(f"interrupted: the last checkpoint was kept{hint}", file=sys.stderr)
-        return 130
+        return _interrupted(a, e)
     except MemoryError:
         if a.debug:
             raise
         print("error: out of memory; try a smaller --batch-size or --image-size", file=sys.stderr)
         return 1
+    except OSError as e:
+        if a.debug or not e.filename:
+            if a.debug:
+                raise
+            return _internal(e)
+        # a file the system would not read or write (permission, a full disk, ...)
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - last line of defence: no raw traceback
         if a.debug:
             raise
-        msg = " ".join(str(e).split())[:300]
-        print(f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(e)
+
+
+def _internal(e: BaseException) -> int:
+    """An internal error: one line, exit 1, and where to report it."""
+    msg = " ".join(str(e).split())[:300]
+    print(f"error: {type(e).__name__}: {msg} ({REPORT_BUG})", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM stops the command as Ctrl-C does (a fit keeps its last checkpoint), raising
+    :class:`~transferkit.errors.Terminated`; the exit code then says which signal it was."""
+    def handler(signum, frame):
+        raise Terminated
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupted(a, e: KeyboardInterrupt) -> int:
+    """Ctrl-C exits with 130 and SIGTERM with 143 (128 + the signal's number)."""
+    what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+    if a.command != "fit":
+        print(what, file=sys.stderr)
+        return code
+    run = getattr(a, "resume", None) or getattr(a, "out", None)
+    hint = f"; resume with: transferkit fit --resume {run}" if run else ""
+    print(f"{what}: the last checkpoint was kept{hint}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

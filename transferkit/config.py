@@ -98,7 +98,10 @@ class DomainConfig(Settings):
 class OutputConfig(Settings):
     section: ClassVar[str] = "run"
 
-    out: str | None = setting(None, "run folder (default runs/<time>-<strategy>)")
+    out: str | None = setting(None, "run folder (default runs/<time>-<strategy>); a folder "
+                              "that holds a run is refused unless --overwrite")
+    overwrite: bool = setting(False, "replace the run already in --out (its record, "
+                              "checkpoint, figures and bundle; nothing else)")
     cache_dir: str | None = setting(None, "feature cache folder (default "
                                     "$TRANSFERKIT_CACHE_DIR or ~/.cache/transferkit/features)")
     no_cache: bool = setting(False, "compute features afresh; do not read or write the cache")

@@ -46,7 +46,9 @@ def run_demo(out: str = "runs/demo", cache_dir: str | None = None, quiet: bool =
     if not quiet:
         print(f"demo: scikit-learn digits ({data}), backbone efficientnet_lite0 (ImageNet, offline), "
               "strategy freeze")
-    tm = api.fit(data, config=demo_config(), out=out_p, cache_dir=cache_dir, quiet=quiet)
+    # the demo's folder is its own: a second demo replaces the first one's run
+    tm = api.fit(data, config=demo_config(), out=out_p, cache_dir=cache_dir, quiet=quiet,
+                 overwrite=True)
     m = tm.metrics
     print(f"validation accuracy {m['val']['accuracy']:.4f} (macro F1 {m['val']['macro_f1']:.4f}, "
           f"n={m['val']['n']})")

@@ -32,3 +32,17 @@ class BackboneError(TransferkitError):
 
 class BundleError(TransferkitError):
     """A saved bundle that is missing, incomplete or does not match its config."""
+
+
+class CheckpointError(TransferkitError):
+    """A run's checkpoint that is damaged, incomplete or does not match the run."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would raise :class:`KeyboardInterrupt`: the run stops and
+    its last checkpoint stays; the command line exits with 143 (128 + SIGTERM)."""
+
+
+#: what the command line adds to an internal error (exit code 1): where to report it
+REPORT_BUG = ("this is a bug in transferkit: please report it on the transferkit issue "
+              "tracker with the output of the same command run with --debug")

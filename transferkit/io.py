@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def _atomic(path: str | os.PathLike, write: Callable[[str], None], durable: bool = False) -> Path:
+    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then rename it into
+    place; ``durable``: the file's bytes (and then the rename) reach the disk before the call
+    returns, so that no later write can be on disk without this one (a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,7 +21,11 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 - umask)
         os.chmod(tmp, 0o666 & ~_umask())
+        if durable:
+            sync(tmp)
         os.replace(tmp, path)
+        if durable:
+            sync(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -34,15 +41,31 @@ def _umask() -> int:
     return mask
 
 
-def write_text(path, text: str) -> Path:
+def sync(path: str | os.PathLike) -> None:
+    """Flush a file's bytes, or a folder's entries, to the disk (``fsync``)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a folder that cannot be opened (some platforms): nothing to flush
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path, text: str, durable: bool = False) -> Path:
     def w(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    return _atomic(path, w)
+    return _atomic(path, w, durable)
 
 
-def write_json(path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def write_json(path, obj: Any, durable: bool = False) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n",
+                      durable)
 
 
 def write_bytes(path, data: bytes) -> Path:
@@ -52,11 +75,12 @@ def write_bytes(path, data: bytes) -> Path:
     return _atomic(path, w)
 
 
-def save_tensors(path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+def save_tensors(path, tensors: dict, metadata: dict[str, str] | None = None,
+                 durable: bool = False) -> Path:
     from safetensors.torch import save_file
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _atomic(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+    return _atomic(path, lambda tmp: save_file(clean, tmp, metadata=metadata), durable)
 
 
 def save_with(path, saver: Callable[[str], None]) -> Path:
@@ -112,14 +136,14 @@ def _decode_tree(obj: Any, tensors: dict) -> Any:
     return obj
 
 
-def save_state_tree(path, tree: Any) -> Path:
+def save_state_tree(path, tree: Any, durable: bool = False) -> Path:
     """Write a nested state (e.g. an optimizer's ``state_dict()``: dicts with int keys, lists,
     tuples, numbers and tensors) as ``PATH.safetensors`` + ``PATH.json``, never pickle."""
     path = Path(path)
     tensors: dict = {}
     skeleton = _encode_tree(tree, tensors)
-    save_tensors(path.with_suffix(".safetensors"), tensors)
-    return write_json(path.with_suffix(".json"), skeleton)
+    save_tensors(path.with_suffix(".safetensors"), tensors, durable=durable)
+    return write_json(path.with_suffix(".json"), skeleton, durable)
 
 
 def load_state_tree(path, device: str | None = None) -> Any:

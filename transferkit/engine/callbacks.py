@@ -10,15 +10,13 @@ what the ones before it wrote into the epoch's record): :class:`Timing`,
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from ..errors import ConfigError
+from ..errors import CheckpointError
 from ..events import Callback
-from ..io import load_state_tree, save_state_tree, save_tensors, write_json, write_text
+from ..io import write_text
+from .checkpoint import read_checkpoint, write_checkpoint
 from .domain import selection_key
 from .metrics import classification_metrics
 
@@ -194,9 +192,10 @@ class History(Callback):
 
 class Checkpoint(Callback):
     """After every epoch of SGD: the trained tensors, the best ones so far, the optimizer and
-    scheduler state and the loop's position, written atomically to ``RUN/checkpoint/``; with
-    ``resume``, ``on_fit_start`` puts the loop back where that checkpoint left it, so the run
-    ends with the figures an uninterrupted one would have."""
+    scheduler state and the loop's position, written to ``RUN/checkpoint/`` as one complete
+    checkpoint that replaces the previous one atomically (:mod:`.checkpoint`); with
+    ``resume``, ``on_fit_start`` verifies that checkpoint and puts the loop back where it
+    left off, so the run ends with the weights and figures an uninterrupted one would have."""
 
     def __init__(self, folder: Path, resume: bool, *, writer: bool = True):
         self.dir = Path(folder)
@@ -210,54 +209,61 @@ class Checkpoint(Callback):
     def on_epoch_end(self, state, record) -> None:
         if state.stage.solve is not None or not self.writer:
             return  # closed-form settings are cheap to refit: a resume solves the stage again
-        trainer = state.trainer
-        done = state.stage.epochs if state.stop else state.epoch + 1
-        save_tensors(self.dir / "model.safetensors", trainer.state_tensors(state.touched()))
-        if state.best.tensors is not None:
-            save_tensors(self.dir / "best.safetensors", state.best.tensors)
-        if state.optimizer is not None:
-            save_state_tree(self.dir / "optimizer", state.optimizer.state_dict())
         b = state.best
-        write_json(self.dir / "state.json", {
-            "stage": state.stage_index, "epoch": done, "bad_epochs": state.bad_epochs,
-            "history": state.history,
-            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
-            "best": {"key": list(b.key) if b.key else None, "epoch": b.epoch, "stage": b.stage,
-                     "metrics": b.metrics},
-        })
+        write_checkpoint(
+            self.dir, state.trainer.state_tensors(state.touched()), b.tensors,
+            state.optimizer.state_dict() if state.optimizer is not None else None,
+            {"stage": state.stage_index,
+             "epoch": state.stage.epochs if state.stop else state.epoch + 1,
+             "bad_epochs": state.bad_epochs, "history": state.history,
+             "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+             "best": {"key": list(b.key) if b.key else None, "epoch": b.epoch, "stage": b.stage,
+                      "metrics": b.metrics}})
 
     # -------------------------------------------------------------- resuming
     def on_fit_start(self, state) -> None:
-        path = self.dir / "state.json"
-        if not (self.resume and path.exists()):
+        # on the CPU: the optimizer's load_state_dict moves its state to each parameter's device
+        ck = read_checkpoint(self.dir) if self.resume else None
+        if ck is None:
             return
-        st = json.loads(path.read_text())
-        trainer = state.trainer
-        trainer.load_tensors(load_file(str(self.dir / "model.safetensors")))
-        b = st["best"]
-        best_tensors = None
-        if (self.dir / "best.safetensors").exists():
-            best_tensors = load_file(str(self.dir / "best.safetensors"))
-        state.best = state.new_best(key=tuple(b["key"]) if b["key"] else None, epoch=b["epoch"],
-                                    stage=b["stage"], metrics=b.get("metrics"),
-                                    tensors=best_tensors)
-        state.history = st["history"]
-        state.bad_epochs = st["bad_epochs"]
-        stage, epoch = st["stage"], st["epoch"]
-        if stage >= len(state.stages):
-            raise ConfigError(f"{self.dir}: the checkpoint names stage {stage + 1} but the "
-                              f"strategy has {len(state.stages)}")
+        pos, b = ck.position, ck.position["best"]
+        stage, epoch = pos["stage"], pos["epoch"]
+        if not 0 <= stage < len(state.stages) or epoch < 0:
+            raise CheckpointError(f"{ck.manifest}: the checkpoint names stage {stage + 1}, "
+                                  f"epoch {epoch} but the strategy has {len(state.stages)} "
+                                  "stages; it belongs to another run")
+        self._check_tensors(ck.manifest, state.model, ck.model, ck.best)
+        state.trainer.load_tensors(ck.model)
+        key = b.get("key")
+        state.best = state.new_best(key=tuple(key) if key else None, epoch=b.get("epoch"),
+                                    stage=b.get("stage"), metrics=b.get("metrics"),
+                                    tensors=ck.best)
+        state.history, state.bad_epochs = pos["history"], pos["bad_epochs"]
         if epoch >= state.stages[stage].epochs:
             # that stage had finished: start the next from the best weights, as a full run does
-            if best_tensors is not None:
-                trainer.load_tensors(best_tensors)
+            if ck.best is not None:
+                state.trainer.load_tensors(ck.best)
             stage, epoch = stage + 1, 0
         else:
-            self._pending = {"scheduler": st.get("scheduler")}
+            self._pending = {"scheduler": pos["scheduler"], "optimizer": ck.optimizer,
+                             "manifest": ck.manifest}
             state.resumed_mid_stage = epoch > 0
         state.stage_index, state.epoch = stage, epoch
         if stage < len(state.stages):
             state.log(f"resuming at stage {state.stages[stage].name!r}, epoch {epoch + 1}")
+        else:
+            state.log("the run had finished training; writing its results again from its "
+                      "checkpoint")
+
+    @staticmethod
+    def _check_tensors(manifest: Path, model, *tensor_sets) -> None:
+        """Every tensor of the checkpoint names a tensor of this run's model, shape for shape."""
+        sd = model.state_dict()
+        for tensors in tensor_sets:
+            for name, t in (tensors or {}).items():
+                if name not in sd or tuple(sd[name].shape) != tuple(t.shape):
+                    raise CheckpointError(f"{manifest}: the checkpoint's tensor {name!r} does "
+                                          "not fit this run's model; it belongs to another run")
 
     def on_stage_start(self, state) -> None:
         if self._pending is None:
@@ -265,6 +271,13 @@ class Checkpoint(Callback):
         pending, self._pending = self._pending, None
         if state.epoch == 0 or state.optimizer is None:
             return
-        state.optimizer.load_state_dict(load_state_tree(self.dir / "optimizer", state.device))
-        if pending["scheduler"] is not None:
-            state.scheduler.load_state_dict(pending["scheduler"])
+        if pending["optimizer"] is None:
+            raise CheckpointError(f"{pending['manifest']}: the checkpoint holds no optimizer "
+                                  "state for the stage it stopped in")
+        try:
+            state.optimizer.load_state_dict(pending["optimizer"])
+            if pending["scheduler"] is not None:
+                state.scheduler.load_state_dict(pending["scheduler"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{pending['manifest']}: the checkpoint's optimizer state "
+                                  f"does not fit this run ({type(e).__name__}: {e})") from None

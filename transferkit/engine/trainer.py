@@ -146,6 +146,18 @@ class FitState:
         return self.trainer.touched_names(self.stages, self.stage_index)
 
 
+def check_something_trains(strategy: str, stages, epochs: int) -> None:
+    """Refuse a run in which no stage would train anything (``--epochs 0`` on a strategy
+    whose every stage is epochs of SGD): it would save an untrained head and report its
+    figures as a result.  A closed-form stage, or a stage whose epochs do not come from
+    ``--epochs`` (``-o head_epochs=N``), trains."""
+    if any(s.solve is not None or s.epochs > 0 for s in stages):
+        return
+    raise ConfigError(f"--epochs {epochs}: strategy {strategy!r} would train nothing "
+                      f"({', '.join(f'{s.name} {s.epochs} epochs' for s in stages)}); "
+                      "give --epochs 1 or more")
+
+
 class _Fire:
     """Calls one event on the engine's callbacks, then on the current stage's own."""
 
@@ -309,6 +321,7 @@ class Trainer:
         stages = self.strategy.stages(model, self.cfg)
         if not stages:
             raise ConfigError(f"strategy {self.strategy.name!r} gave no training stage")
+        check_something_trains(self.strategy.name, stages, self.cfg.epochs)
         if domain is not None:
             self._snapshots = Snapshots(domain, val, self.cfg.seed)
         self._domain = domain
