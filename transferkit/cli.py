@@ -1,4 +1,4 @@
-"""The ``transferkit`` command line: fit, evaluate, predict, list, demo."""
+"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, list, demo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .data.images import check_image
 from .demo import run_demo
 from .engine.distributed import launch_processes
 from .errors import ConfigError, TransferkitError
+from .export import OPSET, export_onnx
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -31,6 +32,7 @@ EXAMPLES = """examples:
   transferkit evaluate runs/ft/bundle data/test
   transferkit predict runs/ft/bundle img1.jpg img2.jpg --json
   transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
+  transferkit export runs/ft/bundle --onnx ft.onnx
   transferkit list backbones
   transferkit demo
 """
@@ -84,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("inputs", nargs="+", help="image files or folders; text files, or texts with --text")
     ex.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
     ex.add_argument("--out", default=None, help="output folder (default BUNDLE/../explain)")
+
+    xp = sub.add_parser("export", parents=[common], help="export a bundle's model to ONNX "
+                        "(preprocessed tensors in, probabilities out; a JSON beside it "
+                        "describes inputs, preprocessing and labels)")
+    xp.add_argument("bundle", help="a bundle folder (or a run folder holding one)")
+    xp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the graph to write")
+    xp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
 
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
@@ -224,6 +233,16 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    desc = export_onnx(a.bundle, a.onnx, opset=a.opset)
+    out = Path(a.onnx)
+    check = desc["check"]
+    print(f"wrote {out} and {out.with_suffix('.json')} in {check['export_s']:.1f} s; "
+          f"ONNX Runtime agrees with the bundle to {check['max_abs_diff_probabilities']:.1e} "
+          f"(inputs: {', '.join(i['name'] for i in desc['inputs'])})")
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "explain": cmd_explain, "list": cmd_list, "demo": cmd_demo}[a.command]
+               "explain": cmd_explain, "export": cmd_export, "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         return handler(a)
     except TransferkitError as e:
