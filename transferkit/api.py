@@ -19,8 +19,11 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
@@ -621,11 +626,6 @@ def _guess_modality(X: Sequence) -> str:
     return "text"
 
 
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-except ImportError:  # pragma: no cover
-    BaseEstimator, ClassifierMixin = object, object
-
 
 #: the RunConfig settings (by flat name) that are a TransferClassifier's parameters; their
 #: defaults are RunConfig's, but for those in _CLASSIFIER_DEFAULTS
@@ -657,6 +657,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     engine's epoch selection is carved from the training data (``val_fraction``).  The
     parameters are the :class:`~transferkit.config.RunConfig` settings named in
     :data:`CLASSIFIER_PARAMS`, with RunConfig's defaults (``quiet`` defaults to true).
+
+    The scikit-learn contract: ``predict`` / ``predict_proba`` / ``score`` before ``fit``
+    raise ``sklearn.exceptions.NotFittedError``; ``get_params`` / ``set_params`` / ``clone``
+    round-trip every parameter; ``fit`` changes no parameter and returns self.  Without
+    ``out``, the run folder is a temporary one, removed when the estimator is
+    garbage-collected or fitted again, or at once when ``fit`` fails; with ``out`` the run
+    folder stays there.
     """
 
     _signature = _classifier_signature()
@@ -670,32 +677,71 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     __init__.__signature__ = _signature  # type: ignore[attr-defined]
 
     def fit(self, X, y):
-        import tempfile
+        """Fit on ``X`` (image paths, image arrays or texts) and labels ``y``; returns self.
 
+        Without ``out`` the run folder is a temporary one, removed when this estimator is
+        garbage-collected, fitted again, or when ``fit`` fails."""
+        self._release_run_folder()
         X = list(X)
         y = np.asarray(y)
         if len(X) != len(y):
             raise ConfigError(f"X has {len(X)} samples but y has {len(y)}")
-        self.classes_ = np.unique(y)
-        names = [str(c) for c in self.classes_]
-        if len(set(names)) != len(names):
-            raise ConfigError("labels must stay distinct when written as text")
-        index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        yi = np.array([index[v] for v in y.tolist()], dtype=np.int64)
-        modality = _guess_modality(X)
-        s = samples_from_list(X, modality, names, yi)
+        classes, yi = _encode_labels(y)
+        s = samples_from_list(X, _guess_modality(X), [str(c) for c in classes], yi)
         s.origins = [f"X[{i}]" for i in range(len(X))]
         params = {name: getattr(self, name) for name in CLASSIFIER_PARAMS}
-        params["out"] = self.out or tempfile.mkdtemp(prefix="transferkit-")
-        self.model_ = fit(s, test_fraction=0.0, **params)
+        temporary = None
+        if not self.out:
+            temporary = tempfile.mkdtemp(prefix="transferkit-")
+            params["out"] = temporary
+        try:
+            model = fit(s, test_fraction=0.0, **params)
+        except BaseException:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        if temporary is not None:
+            self._cleanup = weakref.finalize(self, shutil.rmtree, temporary, True)
+        self.classes_, self.model_ = classes, model
         return self
+
+    def _release_run_folder(self) -> None:
+        cleanup = self.__dict__.pop("_cleanup", None)
+        if cleanup is not None:
+            cleanup()
+
+    def __getstate__(self):
+        # the temporary run folder belongs to this object alone: a copy does not remove it
+        state = dict(self.__dict__)
+        state.pop("_cleanup", None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # inputs are image paths, image arrays or strings, one per sample, not a 2-d array of
+        # numeric features: scikit-learn's numeric estimator checks do not apply
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
 
     def _items(self, X):
         X = list(X)
         return samples_from_list(X, self.model_.modality, self.model_.classes)
 
     def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.model_.predict_proba(self._items(X))
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, indices)``: the sorted distinct labels and each label's index."""
+    classes = np.unique(y)
+    names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise ConfigError("labels must stay distinct when written as text")
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    return classes, np.array([index[v] for v in y.tolist()], dtype=np.int64)
