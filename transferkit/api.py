@@ -40,7 +40,7 @@ from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data import (Samples, concat_samples, k_shot, read_data, read_domains, resolve_splits,
                    stratified_split)
-from .data.images import check_split_images
+from .data.images import check_split_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache
 from .engine.config import TrainConfig, resolve_device
@@ -48,15 +48,20 @@ from .engine.distributed import Processes, launched_world_size
 from .engine.inputs import InputPipeline
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.trainer import Trainer
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TransferkitError
 from .heads import build_model
 from .io import write_json, write_text
 from .report.domain import domain_report
-from .report.plots import plot_confusion, plot_history, write_report
+from .report.explain import EXPLAINED_FAMILIES, explain
+from .report.page import (TEXT_CHARS, Example, ReportContent, parameter_summary, thumbnail_png,
+                          write_report)
+from .report.plots import plot_confusion, plot_history
 from .settings import type_hints
 from .strategies.base import get_strategy
 
 DEFAULT_BACKBONES = {"image": "efficientnet_lite0", "text": "minilm"}
+#: how many of the validation and of the test samples the model got most wrong the report shows
+WORST_EXAMPLES = 8
 
 
 # --------------------------------------------------------------------------- helpers
@@ -349,10 +354,10 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
                                      target=domain["target"], target_test=domain["test"],
                                      target_labelled=domain["labelled"])
         # the engine decides whether evaluation may read cached backbone features
-        val_m = trainer.evaluate(splits["val"])
+        val_m = trainer.evaluate(splits["val"], worst=WORST_EXAMPLES)
         timing = dict(result.timing)
         with _timed(timing, "test_s"):
-            test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
+            test_m = trainer.evaluate(splits["test"], worst=WORST_EXAMPLES) if splits["test"] else None
     return Outcome(trainer, result, val_m, test_m, cache, timing)
 
 
@@ -369,7 +374,11 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
                 grayscale=cfg.train.grayscale)
     metrics["timing"]["bundle_s"] = round(time.perf_counter() - t0, 3)
-    _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
+    images = _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
+    content = report_content(cfg, model, run_data, outcome, run_dir, log)
+    content.figures = images
+    per_class = {"val": val_m["per_class"], "test": test_m["per_class"] if test_m else None}
+    write_report(run_dir, metrics, {k: v for k, v in per_class.items() if v}, content)
     tm = TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=run_dir,
                       metrics=metrics)
     log(f"val accuracy {val_m['accuracy']:.4f}, macro F1 {val_m['macro_f1']:.4f} "
@@ -503,7 +512,9 @@ def _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache) ->
     }
 
 
-def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> None:
+def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> list[str]:
+    """``metrics.json``, ``per_class.json``, the confusion tables, the curves and confusion
+    figures; returns the figures' file names."""
     write_json(run_dir / "metrics.json", metrics)
     per_class = {"val": val_m["per_class"], "test": test_m["per_class"] if test_m else None}
     write_json(run_dir / "per_class.json", per_class)
@@ -519,7 +530,63 @@ def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> N
         plot_confusion(m["confusion"], classes, run_dir / f"confusion_{split}.png",
                        f"confusion ({split})")
         images.append(f"confusion_{split}.png")
-    write_report(run_dir, metrics, {k: v for k, v in per_class.items() if v}, images)
+    return images
+
+
+def report_content(cfg: RunConfig, model, run_data: RunData, outcome: Outcome, run_dir: Path,
+                   log) -> ReportContent:
+    """What the report shows beyond the metrics: the worst examples, the parameter summary,
+    the strategy's figures (t-SNE of a domain run, attention maps of the worst test
+    examples where ``explain`` applies) and the run's settings."""
+    worst: list[tuple[str, int, dict]] = []
+    for split, m in (("val", outcome.val), ("test", outcome.test)):
+        for w in (m or {}).get("most_wrong", []):
+            worst.append((split, w["index"], w))
+    examples = [_example(split, run_data.splits[split], i, w, run_data.classes,
+                         cfg.train.grayscale) for split, i, w in worst]
+    figures = [("t-SNE of the source and target representations, before and after adaptation",
+                "domain_tsne.png")]
+    if model.backbone.family in EXPLAINED_FAMILIES:
+        figures += _attention_figures(run_dir, run_data, worst, log)
+    return ReportContent(examples=examples, strategy_figures=figures,
+                         parameters=parameter_summary(model, outcome.result.touched),
+                         settings=recorded_config(cfg, run_dir).to_dict())
+
+
+def _example(split: str, samples, i: int, w: dict, classes: list[str],
+             grayscale: bool) -> Example:
+    ex = Example(split=split, origin=str(samples.origins[i]), true=classes[w["true"]],
+                 predicted=classes[w["predicted"]], p_predicted=w["p_predicted"],
+                 p_true=w["p_true"])
+    item = samples.items[i]
+    if samples.modality == "text":
+        ex.text = item if len(item) <= TEXT_CHARS else item[:TEXT_CHARS] + "…"
+        return ex
+    try:
+        ex.png = thumbnail_png(open_image(item, ex.origin, grayscale=grayscale))
+    except DataError:
+        pass  # an image that cannot be shown is still listed
+    return ex
+
+
+def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
+                       n: int = 2) -> list[tuple[str, str]]:
+    """Attention maps / Grad-CAM / token attributions of the worst test examples (else
+    validation), written by ``explain`` to ``RUN/explain/``; none where it does not apply."""
+    picked = [(s, i) for s, i, _ in worst if s == "test"] or [(s, i) for s, i, _ in worst]
+    texts = run_data.modality == "text"
+    inputs = [run_data.splits[s].items[i] for s, i in picked[:n]]
+    inputs = [x for x in inputs if isinstance(x, (str, os.PathLike))]
+    if not inputs:
+        return []
+    try:
+        written = explain(run_dir / "bundle", [str(x) for x in inputs], run_dir / "explain",
+                          texts=texts)
+    except (TransferkitError, RuntimeError) as e:
+        log(f"report: no attention maps ({e})")
+        return []
+    return [(f"what the model looks at: {'text' if texts else 'image'} {k + 1} of the worst",
+             f"explain/{p.name}") for k, p in enumerate(x for x in written if x.suffix == ".png")]
 
 
 def _csv(s: str) -> str:
