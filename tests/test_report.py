@@ -91,3 +91,80 @@ def test_report_in_a_real_browser(image_run):
     assert {"Trainable parameters", "Most wrong examples", "Settings"} <= set(seen["headings"])
     shot = screenshot(image_run / "report.html", "report_run.png", height=min(seen["height"], 6000))
     assert shot.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- compare runs
+
+def _cli(argv, capsys):
+    from transferkit.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Three strategies on the same text data, and one run on other data and labels."""
+    root = tmp_path_factory.mktemp("compare")
+    data = make_text_csv(root / "t.csv", n_per_class=14)
+    runs = []
+    for strategy in ("linear", "freeze", "lora"):
+        tm = transferkit.fit(data, backbone="tiny-bert", strategy=strategy, epochs=2, seed=0,
+                             out=root / strategy, quiet=True)
+        runs.append(tm.run_dir)
+    other = _confusable_images(root / "img")
+    odd = transferkit.fit(other, backbone="tiny-cnn", strategy="freeze", epochs=1, seed=0,
+                          out=root / "images", quiet=True)
+    return runs, odd.run_dir
+
+
+def test_compare_runs_on_the_same_data(three_runs, tmp_path, capsys):
+    runs, _ = three_runs
+    code, out, err = _cli(["report", *runs, "--out", tmp_path / "cmp"], capsys)
+    assert code == 0, err
+    assert err == ""  # nothing to warn about
+    page = (tmp_path / "cmp" / "index.html").read_text(encoding="utf-8")
+    assert _external_refs(page) == []
+    assert "Same data, same labels, same splits." in page and "class=warn" not in page
+    import csv
+
+    table = list(csv.DictReader(open(tmp_path / "cmp" / "runs.csv")))
+    assert [r["strategy"] for r in table] == ["linear", "freeze", "lora"]
+    for r, run in zip(table, runs):
+        m = __import__("json").loads((run / "metrics.json").read_text())
+        assert int(r["trainable_params"]) == m["trainable_params"]
+        assert float(r["test_accuracy"]) == pytest.approx(m["test"]["accuracy"])
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 5_000
+
+
+def test_compare_runs_of_different_data_says_so_at_the_top(three_runs, tmp_path, capsys):
+    runs, odd = three_runs
+    code, out, err = _cli(["report", runs[0], odd, "--out", tmp_path / "cmp"], capsys)
+    assert code == 0
+    assert "different tasks" in err and "different data" in err
+    page = (tmp_path / "cmp" / "index.html").read_text(encoding="utf-8")
+    top = page.split("<table>")[0]
+    assert "different tasks" in top and "different data" in top and "class=warn" in top
+
+
+def test_compare_bad_input_is_one_line_exit_2(three_runs, tmp_path, capsys):
+    runs, _ = three_runs
+    code, _, err = _cli(["report", runs[0], tmp_path / "missing", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "missing: no such run folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _cli(["report", empty, "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "not a finished run (no metrics.json)" in err
+    assert "Traceback" not in err
+
+
+def test_compare_page_in_a_real_browser(three_runs, tmp_path):
+    from transferkit.report.compare import compare_runs
+
+    runs, _ = three_runs
+    page = compare_runs(runs, tmp_path / "cmp")
+    seen = render(page)
+    assert seen["fetched"] == [] and seen["broken"] == [] and seen["images"] >= 4
+    assert "Validation curves" in seen["headings"]
+    screenshot(page, "report_compare.png", height=min(seen["height"], 4000))

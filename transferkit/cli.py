@@ -1,4 +1,5 @@
-"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, list, demo."""
+"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report, list,
+demo."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .demo import run_demo
 from .engine.distributed import launch_processes
 from .errors import ConfigError, TransferkitError
 from .export import OPSET, export_onnx
+from .report.compare import compare_runs, differences, read_run
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -33,6 +35,7 @@ EXAMPLES = """examples:
   transferkit predict runs/ft/bundle img1.jpg img2.jpg --json
   transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
   transferkit export runs/ft/bundle --onnx ft.onnx
+  transferkit report runs/ft runs/lora runs/linear --out runs/compare
   transferkit list backbones
   transferkit demo
 """
@@ -93,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("bundle", help="a bundle folder (or a run folder holding one)")
     xp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the graph to write")
     xp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+
+    rp = sub.add_parser("report", parents=[common], help="one page comparing finished runs "
+                        "(scores, time, trainable parameters, curves overlaid)")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by fit")
+    rp.add_argument("--out", required=True, metavar="DIR", help="folder for index.html, "
+                    "runs.csv and the figures")
 
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
@@ -243,6 +252,14 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    page = compare_runs(a.runs, a.out)
+    for note in differences([read_run(r) for r in a.runs]):
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {page}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -257,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "explain": cmd_explain, "export": cmd_export, "list": cmd_list, "demo": cmd_demo}[a.command]
+               "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
+               "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         return handler(a)
     except TransferkitError as e:
