@@ -157,6 +157,10 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
         label = f"{r.name} ({r.metrics.get('strategy')})"
         ax1.plot(ep, [_num(h.get("val_loss")) for h in r.history], "o-", ms=3, label=label)
         ax2.plot(ep, [_num(h.get("val_accuracy")) for h in r.history], "o-", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel="validation loss")
     ax2.set(xlabel="epoch", ylabel="validation accuracy")
     ax2.legend(fontsize=7, loc="best")
