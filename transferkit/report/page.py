@@ -118,7 +118,7 @@ def _scores(metrics: dict[str, Any]) -> str:
 def _timing(metrics: dict[str, Any]) -> str:
     t = metrics.get("timing", {})
     parts = [f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()
-             if isinstance(v, (int, float)) and k != "total_s"]
+             if isinstance(v, (int, float)) and k.endswith("_s") and k != "total_s"]
     return f"<p>time: total {t.get('total_s', 0):.1f} s ({', '.join(parts)})</p>"
 
 
