@@ -20,8 +20,11 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
@@ -36,7 +41,7 @@ from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data import (Samples, concat_samples, k_shot, read_data, read_domains, resolve_splits,
                    stratified_split)
-from .data.images import check_split_images
+from .data.images import check_split_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache
 from .engine.config import TrainConfig, resolve_device
@@ -45,15 +50,20 @@ from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.trainer import Trainer
-from .errors import ConfigError, DataError, Terminated
+from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
 from .io import write_json, write_text
 from .report.domain import domain_report
-from .report.plots import plot_confusion, plot_history, write_report
+from .report.explain import EXPLAINED_FAMILIES, explain
+from .report.page import (TEXT_CHARS, Example, ReportContent, parameter_summary, thumbnail_png,
+                          write_report)
+from .report.plots import plot_confusion, plot_history
 from .settings import type_hints
 from .strategies.base import get_strategy
 
 DEFAULT_BACKBONES = {"image": "efficientnet_lite0", "text": "minilm"}
+#: how many of the validation and of the test samples the model got most wrong the report shows
+WORST_EXAMPLES = 8
 
 
 # --------------------------------------------------------------------------- helpers
@@ -357,10 +367,10 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
                                      target=domain["target"], target_test=domain["test"],
                                      target_labelled=domain["labelled"], callbacks=folder)
         # the engine decides whether evaluation may read cached backbone features
-        val_m = trainer.evaluate(splits["val"])
+        val_m = trainer.evaluate(splits["val"], worst=WORST_EXAMPLES)
         timing = dict(result.timing)
         with _timed(timing, "test_s"):
-            test_m = trainer.evaluate(splits["test"]) if splits["test"] else None
+            test_m = trainer.evaluate(splits["test"], worst=WORST_EXAMPLES) if splits["test"] else None
     return Outcome(trainer, result, val_m, test_m, cache, timing)
 
 
@@ -381,7 +391,11 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
                 grayscale=cfg.train.grayscale)
     metrics["timing"]["bundle_s"] = round(time.perf_counter() - t0, 3)
-    _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
+    images = _write_outputs(run_dir, metrics, val_m, test_m, result.history, run_data.classes)
+    content = report_content(cfg, model, run_data, outcome, run_dir, log)
+    content.figures = images
+    per_class = {"val": val_m["per_class"], "test": test_m["per_class"] if test_m else None}
+    write_report(run_dir, metrics, {k: v for k, v in per_class.items() if v}, content)
     tm = TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=run_dir,
                       metrics=metrics)
     log(f"val accuracy {val_m['accuracy']:.4f}, macro F1 {val_m['macro_f1']:.4f} "
@@ -515,7 +529,9 @@ def _metrics_record(val_m, test_m, result, bb, strat, classes, timing, cache) ->
     }
 
 
-def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> None:
+def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> list[str]:
+    """``metrics.json``, ``per_class.json``, the confusion tables, the curves and confusion
+    figures; returns the figures' file names."""
     write_json(run_dir / "metrics.json", metrics)
     per_class = {"val": val_m["per_class"], "test": test_m["per_class"] if test_m else None}
     write_json(run_dir / "per_class.json", per_class)
@@ -531,7 +547,63 @@ def _write_outputs(run_dir: Path, metrics, val_m, test_m, history, classes) -> N
         plot_confusion(m["confusion"], classes, run_dir / f"confusion_{split}.png",
                        f"confusion ({split})")
         images.append(f"confusion_{split}.png")
-    write_report(run_dir, metrics, {k: v for k, v in per_class.items() if v}, images)
+    return images
+
+
+def report_content(cfg: RunConfig, model, run_data: RunData, outcome: Outcome, run_dir: Path,
+                   log) -> ReportContent:
+    """What the report shows beyond the metrics: the worst examples, the parameter summary,
+    the strategy's figures (t-SNE of a domain run, attention maps of the worst test
+    examples where ``explain`` applies) and the run's settings."""
+    worst: list[tuple[str, int, dict]] = []
+    for split, m in (("val", outcome.val), ("test", outcome.test)):
+        for w in (m or {}).get("most_wrong", []):
+            worst.append((split, w["index"], w))
+    examples = [_example(split, run_data.splits[split], i, w, run_data.classes,
+                         cfg.train.grayscale) for split, i, w in worst]
+    figures = [("t-SNE of the source and target representations, before and after adaptation",
+                "domain_tsne.png")]
+    if model.backbone.family in EXPLAINED_FAMILIES:
+        figures += _attention_figures(run_dir, run_data, worst, log)
+    return ReportContent(examples=examples, strategy_figures=figures,
+                         parameters=parameter_summary(model, outcome.result.touched),
+                         settings=recorded_config(cfg, run_dir).to_dict())
+
+
+def _example(split: str, samples, i: int, w: dict, classes: list[str],
+             grayscale: bool) -> Example:
+    ex = Example(split=split, origin=str(samples.origins[i]), true=classes[w["true"]],
+                 predicted=classes[w["predicted"]], p_predicted=w["p_predicted"],
+                 p_true=w["p_true"])
+    item = samples.items[i]
+    if samples.modality == "text":
+        ex.text = item if len(item) <= TEXT_CHARS else item[:TEXT_CHARS] + "…"
+        return ex
+    try:
+        ex.png = thumbnail_png(open_image(item, ex.origin, grayscale=grayscale))
+    except DataError:
+        pass  # an image that cannot be shown is still listed
+    return ex
+
+
+def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
+                       n: int = 2) -> list[tuple[str, str]]:
+    """Attention maps / Grad-CAM / token attributions of the worst test examples (else
+    validation), written by ``explain`` to ``RUN/explain/``; none where it does not apply."""
+    picked = [(s, i) for s, i, _ in worst if s == "test"] or [(s, i) for s, i, _ in worst]
+    texts = run_data.modality == "text"
+    inputs = [run_data.splits[s].items[i] for s, i in picked[:n]]
+    inputs = [x for x in inputs if isinstance(x, (str, os.PathLike))]
+    if not inputs:
+        return []
+    try:
+        written = explain(run_dir / "bundle", [str(x) for x in inputs], run_dir / "explain",
+                          texts=texts)
+    except (TransferkitError, RuntimeError) as e:
+        log(f"report: no attention maps ({e})")
+        return []
+    return [(f"what the model looks at: {'text' if texts else 'image'} {k + 1} of the worst",
+             f"explain/{p.name}") for k, p in enumerate(x for x in written if x.suffix == ".png")]
 
 
 def _csv(s: str) -> str:
@@ -638,11 +710,6 @@ def _guess_modality(X: Sequence) -> str:
     return "text"
 
 
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-except ImportError:  # pragma: no cover
-    BaseEstimator, ClassifierMixin = object, object
-
 
 #: the RunConfig settings (by flat name) that are a TransferClassifier's parameters; their
 #: defaults are RunConfig's, but for those in _CLASSIFIER_DEFAULTS
@@ -674,6 +741,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     engine's epoch selection is carved from the training data (``val_fraction``).  The
     parameters are the :class:`~transferkit.config.RunConfig` settings named in
     :data:`CLASSIFIER_PARAMS`, with RunConfig's defaults (``quiet`` defaults to true).
+
+    The scikit-learn contract: ``predict`` / ``predict_proba`` / ``score`` before ``fit``
+    raise ``sklearn.exceptions.NotFittedError``; ``get_params`` / ``set_params`` / ``clone``
+    round-trip every parameter; ``fit`` changes no parameter and returns self.  Without
+    ``out``, the run folder is a temporary one, removed when the estimator is
+    garbage-collected or fitted again, or at once when ``fit`` fails; with ``out`` the run
+    folder stays there.
     """
 
     _signature = _classifier_signature()
@@ -687,33 +761,72 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     __init__.__signature__ = _signature  # type: ignore[attr-defined]
 
     def fit(self, X, y):
-        import tempfile
+        """Fit on ``X`` (image paths, image arrays or texts) and labels ``y``; returns self.
 
+        Without ``out`` the run folder is a temporary one, removed when this estimator is
+        garbage-collected, fitted again, or when ``fit`` fails."""
+        self._release_run_folder()
         X = list(X)
         y = np.asarray(y)
         if len(X) != len(y):
             raise ConfigError(f"X has {len(X)} samples but y has {len(y)}")
-        self.classes_ = np.unique(y)
-        names = [str(c) for c in self.classes_]
-        if len(set(names)) != len(names):
-            raise ConfigError("labels must stay distinct when written as text")
-        index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        yi = np.array([index[v] for v in y.tolist()], dtype=np.int64)
-        modality = _guess_modality(X)
-        s = samples_from_list(X, modality, names, yi)
+        classes, yi = _encode_labels(y)
+        s = samples_from_list(X, _guess_modality(X), [str(c) for c in classes], yi)
         s.origins = [f"X[{i}]" for i in range(len(X))]
         params = {name: getattr(self, name) for name in CLASSIFIER_PARAMS}
-        params["out"] = self.out or tempfile.mkdtemp(prefix="transferkit-")
-        # fitting again replaces the estimator's own run (cross-validation refits the clones)
-        self.model_ = fit(s, test_fraction=0.0, overwrite=bool(self.out), **params)
+        temporary = None
+        if not self.out:
+            temporary = tempfile.mkdtemp(prefix="transferkit-")
+            params["out"] = temporary
+        try:
+            # fitting again replaces the estimator's own run (cross-validation refits the clones)
+            model = fit(s, test_fraction=0.0, overwrite=bool(self.out), **params)
+        except BaseException:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        if temporary is not None:
+            self._cleanup = weakref.finalize(self, shutil.rmtree, temporary, True)
+        self.classes_, self.model_ = classes, model
         return self
+
+    def _release_run_folder(self) -> None:
+        cleanup = self.__dict__.pop("_cleanup", None)
+        if cleanup is not None:
+            cleanup()
+
+    def __getstate__(self):
+        # the temporary run folder belongs to this object alone: a copy does not remove it
+        state = dict(self.__dict__)
+        state.pop("_cleanup", None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # inputs are image paths, image arrays or strings, one per sample, not a 2-d array of
+        # numeric features: scikit-learn's numeric estimator checks do not apply
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
 
     def _items(self, X):
         X = list(X)
         return samples_from_list(X, self.model_.modality, self.model_.classes)
 
     def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.model_.predict_proba(self._items(X))
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, indices)``: the sorted distinct labels and each label's index."""
+    classes = np.unique(y)
+    names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise ConfigError("labels must stay distinct when written as text")
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    return classes, np.array([index[v] for v in y.tolist()], dtype=np.int64)

@@ -1,4 +1,5 @@
-"""The ``transferkit`` command line: fit, evaluate, predict, list, demo."""
+"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report, list,
+demo."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .data.images import check_image
 from .demo import run_demo
 from .engine.distributed import launch_processes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError
+from .export import OPSET, export_onnx
+from .report.compare import compare_runs, differences, read_run
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -33,6 +36,8 @@ EXAMPLES = """examples:
   transferkit evaluate runs/ft/bundle data/test
   transferkit predict runs/ft/bundle img1.jpg img2.jpg --json
   transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
+  transferkit export runs/ft/bundle --onnx ft.onnx
+  transferkit report runs/ft runs/lora runs/linear --out runs/compare
   transferkit list backbones
   transferkit demo
 """
@@ -91,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("inputs", nargs="+", help="image files or folders; text files, or texts with --text")
     ex.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
     ex.add_argument("--out", default=None, help="output folder (default BUNDLE/../explain)")
+
+    xp = sub.add_parser("export", parents=[common], help="export a bundle's model to ONNX "
+                        "(preprocessed tensors in, probabilities out; a JSON beside it "
+                        "describes inputs, preprocessing and labels)")
+    xp.add_argument("bundle", help="a bundle folder (or a run folder holding one)")
+    xp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the graph to write")
+    xp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+
+    rp = sub.add_parser("report", parents=[common], help="one page comparing finished runs "
+                        "(scores, time, trainable parameters, curves overlaid)")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by fit")
+    rp.add_argument("--out", required=True, metavar="DIR", help="folder for index.html, "
+                    "runs.csv and the figures")
 
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
@@ -254,6 +272,24 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    desc = export_onnx(a.bundle, a.onnx, opset=a.opset)
+    out = Path(a.onnx)
+    check = desc["check"]
+    print(f"wrote {out} and {out.with_suffix('.json')} in {check['export_s']:.1f} s; "
+          f"ONNX Runtime agrees with the bundle to {check['max_abs_diff_probabilities']:.1e} "
+          f"(inputs: {', '.join(i['name'] for i in desc['inputs'])})")
+    return 0
+
+
+def cmd_report(a) -> int:
+    page = compare_runs(a.runs, a.out)
+    for note in differences([read_run(r) for r in a.runs]):
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {page}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -271,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "explain": cmd_explain, "list": cmd_list, "demo": cmd_demo}[a.command]
+               "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
+               "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         with _sigterm_raises():
             return handler(a)

@@ -34,7 +34,9 @@ class or its private attributes):
 * :meth:`Backbone.attention_maps`: a context that records every block's attention
   probabilities;
 * :meth:`Backbone.input_embeddings` and :meth:`Backbone.token_names`: the token embedding
-  module and the names of token ids (text encoders).
+  module and the names of token ids (text encoders);
+* :meth:`Backbone.save_tokenizer`: the tokenizer's files, for use outside transferkit (ONNX
+  export).
 """
 
 from __future__ import annotations
@@ -172,6 +174,11 @@ class Backbone(nn.Module):
     def token_names(self, ids: list[int]) -> list[str]:
         """The tokenizer's names of token ids (``[CLS]``, ``good``, ``##s``, ...)."""
         raise ConfigError(f"backbone {self.name!r} takes images, not text")
+
+    def save_tokenizer(self, folder) -> bool:
+        """Write the tokenizer's files to ``folder`` in a format other tools read (Hugging
+        Face ``save_pretrained``); ``False`` when this backbone has no such tokenizer."""
+        return False
 
 
 # --------------------------------------------------------------------------- registry

@@ -104,6 +104,11 @@ class HFTextBackbone(Backbone):
         tokens = self.model(**inputs).last_hidden_state
         return {"pooled": self.pool_tokens(tokens, mask), "tokens": tokens, "mask": mask}
 
+    def save_tokenizer(self, folder) -> bool:
+        """The Hugging Face tokenizer's files (``save_pretrained``)."""
+        self.tokenizer.save_pretrained(str(folder))
+        return True
+
     def pool_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over the real tokens (or the CLS token), L2-normalised with ``normalize``."""
         if self.pooling == "cls":

@@ -238,16 +238,17 @@ class Trainer:
     def logits(self, samples, *, features: torch.Tensor | None = None) -> np.ndarray:
         return self.outputs(samples, features=features)[1]
 
-    def evaluate(self, samples, *, use_cache: bool | None = None) -> dict[str, Any]:
+    def evaluate(self, samples, *, use_cache: bool | None = None, worst: int = 0) -> dict[str, Any]:
         """Metrics of ``samples`` under the current weights; by default through cached
-        features exactly when :meth:`Features.usable` allows it after training."""
+        features exactly when :meth:`Features.usable` allows it after training.  ``worst``:
+        also list that many samples the model got most wrong (``most_wrong``)."""
         if use_cache is None:
             use_cache = self.features.usable()
         name = "val" if samples is self._val else f"eval:{id(samples)}"
         feats = self.features.get(name, samples) if use_cache else None
         t0 = time.perf_counter()
         lg = self.logits(samples, features=feats)
-        m = classification_metrics(lg, samples.labels, self.model.classes)
+        m = classification_metrics(lg, samples.labels, self.model.classes, worst=worst)
         self.timing["eval_s"] += time.perf_counter() - t0
         return m
 

@@ -130,6 +130,8 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
 
 #: what explain shows for each backbone family
 _KINDS = {"vit": "vit", "cnn": "cnn", "text-encoder": "text"}
+#: the backbone families explain covers
+EXPLAINED_FAMILIES = tuple(_KINDS)
 
 
 def _kind(backbone: Backbone) -> str:

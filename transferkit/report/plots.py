@@ -1,12 +1,11 @@
-"""Training curves, confusion matrices and the run's HTML report."""
+"""Training curves and confusion matrices (the HTML report is :mod:`transferkit.report.page`)."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
-from ..io import save_with, write_text
+from ..io import save_with
 
 
 def _plt():
@@ -71,41 +70,3 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
-
-
-def write_report(run_dir: Path, metrics: dict[str, Any], per_class: dict[str, Any],
-                 images: list[str]) -> Path:
-    def fmt(v):
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
-
-    rows = []
-    for split in ("val", "test"):
-        m = metrics.get(split)
-        if m:
-            rows.append(f"<tr><td>{split}</td><td>{fmt(m['accuracy'])}</td><td>{fmt(m['macro_f1'])}"
-                        f"</td><td>{fmt(m['loss'])}</td><td>{m['n']}</td></tr>")
-    pc = []
-    for split, table in per_class.items():
-        if not table:
-            continue
-        pc.append(f"<h3>per class ({split})</h3><table><tr><th>class</th><th>precision</th>"
-                  "<th>recall</th><th>F1</th><th>support</th></tr>")
-        for c, r in table.items():
-            pc.append(f"<tr><td>{html.escape(c)}</td><td>{fmt(r['precision'])}</td><td>"
-                      f"{fmt(r['recall'])}</td><td>{fmt(r['f1'])}</td><td>{r['support']}</td></tr>")
-        pc.append("</table>")
-    imgs = "".join(f'<p><img src="{html.escape(i)}" style="max-width:100%"></p>' for i in images)
-    t = metrics.get("timing", {})
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>transferkit run</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 10px;
-border-bottom:1px solid #ddd;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
-<h1>transferkit run</h1>
-<p>backbone <b>{html.escape(str(metrics.get('backbone')))}</b>, strategy
-<b>{html.escape(str(metrics.get('strategy')))}</b>, trainable parameters
-{metrics.get('trainable_params', 0):,} / {metrics.get('total_params', 0):,};
-best epoch {metrics.get('best_epoch')} (chosen on validation; test was never used for a choice).</p>
-<table><tr><th>split</th><th>accuracy</th><th>macro F1</th><th>loss</th><th>n</th></tr>{''.join(rows)}</table>
-<p>time: total {t.get('total_s', 0):.1f} s, features {t.get('features_s', 0):.1f} s,
-train {t.get('train_s', 0):.1f} s</p>
-{''.join(pc)}{imgs}</body></html>"""
-    return write_text(run_dir / "report.html", doc)

@@ -11,7 +11,9 @@ A strategy never owns a training loop and never reads files.  Its whole interfac
 * ``stages(model, train)``: the :class:`Stage` list, each with its parameter groups and
   learning rates, and optionally its own callbacks (:class:`transferkit.events.Callback`:
   loss terms, extra data streams, per-sample weights) or a closed-form ``solve``;
-* ``save_extra(model, folder)``: files beside the bundle (e.g. adapters in PEFT's format).
+* ``save_extra(model, folder)``: files beside the bundle (e.g. adapters in PEFT's format);
+* ``for_export(model)``: the model as one plain forward pass for ONNX export (LoRA folds its
+  adapters into the weights), or a ConfigError saying why it cannot be one.
 
 Strategies are registered by name with :func:`register_strategy`.
 """
@@ -146,6 +148,13 @@ class Strategy:
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""
+
+    def for_export(self, model: nn.Module) -> nn.Module:
+        """``model`` as one plain forward pass, for export (ONNX): the model itself by default
+        (its attached modules are ordinary submodules); a strategy whose modules fold into the
+        backbone's weights returns a folded copy; one whose forward pass cannot be exported
+        raises :class:`ConfigError` saying why."""
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.options.to_dict()}

@@ -424,6 +424,21 @@ class Lora(Strategy):
                       frozen_backbone=False, train_bn=False,
                       warmup_epochs=train.warmup_epochs)]
 
+    def for_export(self, model):
+        """A copy of ``model`` with every adapter merged into its layer's weight
+        (``W + B A * alpha / r``, PEFT's ``merge``) and the LoRA wrapper replaced by the plain
+        layer: the exported graph holds no adapter."""
+        folded = copy.deepcopy(model)
+        root = adapter_root(folded.backbone)
+        for name, module in lora_modules(root):
+            if not hasattr(module, "merge"):
+                raise ConfigError(f"lora: the adapter of {name!r} cannot be merged for export")
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            setattr(parent, child, module.get_base_layer())
+        return folded
+
     def save_extra(self, model, bundle_dir) -> None:
         """The adapters in PEFT's format, for ``PeftModel.from_pretrained(base, <dir>)``."""
         from peft import get_peft_model_state_dict
