@@ -33,8 +33,8 @@ from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
-from .data import (Samples, concat_samples, k_shot, read_data, read_domains, resolve_splits,
-                   stratified_split)
+from .data import (Samples, concat_samples, k_shot, read_data, read_domains, read_inputs,
+                   resolve_splits, stratified_split)
 from .data.images import check_split_images
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache
@@ -230,6 +230,8 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     t0 = time.perf_counter()
     splits = check_split_images(splits, cfg.train.skip_bad, log)
     classes = splits["train"].classes
+    for note in dict.fromkeys(n for v in splits.values() if v is not None for n in v.notes):
+        log(note)
     log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
         + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if v is not None))
     if domain is not None:
@@ -548,15 +550,14 @@ class TrainedModel:
     def _samples(self, inputs, *, labelled: bool = False):
         if isinstance(inputs, Samples):
             return inputs
+        if isinstance(inputs, (str, os.PathLike)) and not labelled:
+            return read_inputs([inputs], self.modality)
         if isinstance(inputs, (str, os.PathLike)):
-            splits = _read(inputs, labelled=labelled, classes=self.classes if labelled else None)
-            if len(splits) == 1:
-                s = next(iter(splits.values()))
-            else:
-                s = concat_samples(list(splits.values()))
-            if s.modality != self.modality:
+            splits = _read(inputs, labelled=True)
+            s = concat_samples(list(splits.values())) if len(splits) > 1 else splits[next(iter(splits))]
+            if s.modality != self.modality:  # before the labels: a mismatch explains them
                 raise DataError(f"{inputs}: holds {s.modality} data but this model takes {self.modality}")
-            return s
+            return s.with_classes(self.classes)
         return samples_from_list(list(inputs), self.modality, self.classes)
 
     def predict_proba(self, inputs) -> np.ndarray:

@@ -13,10 +13,10 @@ from typing import Any
 from . import api
 from .backbones import list_backbones
 from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_file
-from .data.images import check_image
+from .data import check_image, read_inputs
 from .demo import run_demo
 from .engine.distributed import launch_processes
-from .errors import ConfigError, TransferkitError
+from .errors import ConfigError, TransferkitError, printable
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -171,24 +171,14 @@ def cmd_predict(a) -> int:
     tm = api.load(a.bundle)
     if a.text:
         s = api.samples_from_list(a.inputs, "text", tm.classes)
-    elif len(a.inputs) == 1 and (Path(a.inputs[0]).is_dir() or Path(a.inputs[0]).suffix.lower()
-                                 in (".csv", ".tsv", ".txt", ".npz", ".gz", ".tgz")):
-        # a folder or a data file: one sample per image / row (a .txt without tabs is one text)
-        s = tm._samples(a.inputs[0])
     else:
         if tm.modality == "text":
-            missing = [x for x in a.inputs if not Path(x).exists()]
+            missing = [x for x in a.inputs if not os.path.lexists(x)]
             if missing:
                 raise ConfigError(f"{missing[0]}: no such file (use --text to classify texts "
                                   "given on the command line)")
-            items = [Path(x).read_text(encoding="utf-8") for x in a.inputs]
-            s = api.samples_from_list(items, "text", tm.classes)
-            s.origins = list(a.inputs)
-        else:
-            for x in a.inputs:
-                if not Path(x).exists():
-                    raise ConfigError(f"{x}: no such file")
-            s = api.samples_from_list(a.inputs, "image", tm.classes)
+        # each input a folder, a data file, an image or a text file; any mix of them
+        s = read_inputs(a.inputs, tm.modality)
         if tm.modality == "image":
             for item, origin in zip(s.items, s.origins):
                 check_image(item, origin)
@@ -200,7 +190,7 @@ def cmd_predict(a) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['label']}\t{r['probability']:.4f}\t{r['input']}")
+            print(f"{r['label']}\t{r['probability']:.4f}\t{printable(r['input'])}")
     return 0
 
 

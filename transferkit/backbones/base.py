@@ -40,6 +40,7 @@ class or its private attributes):
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -239,6 +240,10 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a backbone by registry name; ``kwargs`` go to its factory (e.g. ``weights=``)."""
     entry, rest = _lookup(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:  # a setting the factory does not take is the caller's fault, named here
+        inspect.signature(entry.factory).bind(*([rest] if rest is not None else []), **kwargs)
+    except TypeError as exc:
+        raise BackboneError(f"backbone {name!r} ({entry.modality}): {exc}") from None
     if rest is not None:
         bb = entry.factory(rest, **kwargs)
     else:
