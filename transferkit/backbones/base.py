@@ -41,6 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -255,3 +258,34 @@ def build_from_spec(spec: dict[str, Any]) -> Backbone:
     spec = dict(spec)
     name = spec.pop("name")
     return build_backbone(name, **spec)
+
+
+# --------------------------------------------------------------------------- weights files
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (its type when it has no message)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_plain_tensors(path: str | os.PathLike) -> Any:
+    """``torch.load`` of a ``.pth`` / ``.pt`` / ``.bin`` file that holds tensors only.
+
+    Nothing is ever unpickled beyond tensors and plain containers (``weights_only=True``);
+    a file that needs more (pickled objects: possibly hostile code) or is no torch file at
+    all is refused in one line, without torch's warning or its advice to load unsafely.
+
+    Raises:
+        BackboneError: the file cannot be loaded safely, or is unreadable.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BackboneError(f"weights file {os.fspath(path)!r}: not a plain tensor file (it "
+                            "holds Python objects, or is not a torch file); it cannot be "
+                            "loaded safely. Save the tensors alone, or as .safetensors") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip, a truncated file, ...
+        raise BackboneError(f"cannot read weights file {os.fspath(path)!r}: {one_line(exc)}") from None
+

@@ -42,6 +42,9 @@ KNOWN_PLACEHOLDERS: dict[tuple[int, str], str] = {
 }
 _PLACEHOLDER_SIZES = {size for size, _ in KNOWN_PLACEHOLDERS}
 
+#: what every refusal that ``--skip-bad`` would resolve ends with
+SKIP_BAD_HINT = "--skip-bad leaves unreadable images out"
+
 _BOMB_RE = re.compile(r"\((\d+) pixels\)")
 _WARNINGS_LOCK = threading.Lock()
 
@@ -357,6 +360,9 @@ def check_split_images(splits: dict, skip_bad: bool, log) -> dict:
             out[name] = kept
         else:
             for item, origin in zip(s.items, s.origins):
-                check_image(item, origin)
+                try:
+                    check_image(item, origin)
+                except DataError as exc:
+                    raise DataError(f"{exc}; {SKIP_BAD_HINT}") from None
             out[name] = s
     return out

@@ -533,7 +533,9 @@ def _read_npz(path: str, labelled: bool) -> Samples:
     elif y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise DataError(f"{path}: row {int(bad[0])}: label {y[bad[0]]!r} is not an integer")
+            raise DataError(f"{path}: row {int(bad[0])}: label {y[bad[0]]!r} is not an integer; "
+                            "the labels look continuous, and transferkit classifies: give "
+                            "integer classes")
         values = np.unique(y.astype(np.int64))
         classes = [str(int(v)) for v in values]
         labels = np.searchsorted(values, y.astype(np.int64)).astype(np.int64)
@@ -792,9 +794,28 @@ def _table_labels(data_rows: list[tuple[int, list[str]]], label_index: int,
         if not label:
             raise DataError(f"{path}: line {number}: empty label")
         label_names.append(label)
+    _refuse_continuous(data_rows, label_names, path)
     classes = sort_classes(label_names)
     position = {name: i for i, name in enumerate(classes)}
     return np.asarray([position[name] for name in label_names], dtype=np.int64), classes
+
+
+def _refuse_continuous(data_rows: list[tuple[int, list[str]]], label_names: list[str],
+                       path: str) -> None:
+    """Refuse numeric labels that are mostly distinct and not all integers: a regression
+    target, not classes."""
+    try:
+        values = [float(name) for name in label_names]
+    except ValueError:
+        return
+    fractional = [i for i, v in enumerate(values) if not float(v).is_integer()]
+    distinct = len(set(label_names))
+    if fractional and distinct * 2 > len(label_names):
+        first = fractional[0]
+        raise DataError(f"{path}: the labels look continuous ({distinct} distinct numbers in "
+                        f"{len(label_names)} rows; line {data_rows[first][0]}: "
+                        f"{label_names[first]!r}); transferkit classifies: give class names "
+                        "or bin the values into classes")
 
 
 def read_domains(path: str | os.PathLike, domain_column: str, *, text_column: str | None = None,
