@@ -154,9 +154,17 @@ def cmd_fit(a) -> int:
     return 0
 
 
+def _say_notes(s, quiet: bool) -> None:
+    """What the reader left out (links to files already read), on stderr."""
+    for note in [] if quiet else s.notes:
+        print(printable(note), file=sys.stderr)
+
+
 def cmd_evaluate(a) -> int:
     tm = api.load(a.bundle)
-    m = tm.evaluate(a.data)
+    s = tm._samples(a.data, labelled=True)
+    _say_notes(s, a.quiet)
+    m = tm.evaluate(s)
     if a.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -179,6 +187,7 @@ def cmd_predict(a) -> int:
                                   "given on the command line)")
         # each input a folder, a data file, an image or a text file; any mix of them
         s = read_inputs(a.inputs, tm.modality)
+        _say_notes(s, a.quiet)
         if tm.modality == "image":
             for item, origin in zip(s.items, s.origins):
                 check_image(item, origin)

@@ -189,8 +189,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
     """Rotate / flip as the EXIF orientation tag says (an unreadable tag is ignored)."""
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    try:  # a corrupt EXIF block makes PIL warn: it is ignored here, not printed
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:
         return image
     if orientation not in (2, 3, 4, 5, 6, 7, 8):

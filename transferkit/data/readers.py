@@ -246,8 +246,12 @@ class _Walker:
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
 
     def skip_link(self, path: str, real: str | None = None) -> bool:
-        """Whether ``path`` (a link) is left out: it points back into the data set."""
-        if os.path.islink(path) and self._inside_root(real or os.path.realpath(path)):
+        """Whether ``path`` (a link) is left out: it points back into the data set, or to a
+        folder that holds the data set (a loop)."""
+        if not os.path.islink(path):
+            return False
+        real = real or os.path.realpath(path)
+        if self._inside_root(real) or self.root.startswith(real.rstrip(os.sep) + os.sep):
             self.skipped_links += 1
             return True
         return False
@@ -495,6 +499,9 @@ def _read_npz(path: str, labelled: bool) -> Samples:
             raise DataError(f"{path}: cannot load arrays without unpickling ({exc})") from None
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+    for key, array in (("x", x), ("y", y)):
+        if array is not None and not isinstance(array, np.ndarray):  # a member with no .npy header
+            raise DataError(f"{path}: member '{key}' is not a numpy array (.npy)")
 
     if x.dtype.kind in ("U", "S"):
         if x.ndim != 1:
@@ -552,6 +559,11 @@ def _read_npz(path: str, labelled: bool) -> Samples:
 # --------------------------------------------------------------------------- tables
 
 def _decode_table(data: bytes, path: str) -> str:
+    nul = data.find(b"\0")
+    if nul >= 0:  # UTF-16, or not a table at all
+        line = data.count(b"\n", 0, nul) + 1
+        raise DataError(f"{path}: line {line}: a NUL byte at offset {nul}; not a UTF-8 text "
+                        "table (UTF-16, or a binary file?)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -571,7 +583,7 @@ def _choose_delimiter(text: str, candidates: Sequence[str]) -> str:
     for delimiter in candidates:
         if not any(delimiter in line for line in lines):
             continue
-        counts = [len(next(csv.reader([line], delimiter=delimiter), [])) for line in lines]
+        counts = [_field_count(line, delimiter) for line in lines]
         mode = max(set(counts), key=counts.count)
         if mode < 2:
             continue
@@ -581,6 +593,15 @@ def _choose_delimiter(text: str, candidates: Sequence[str]) -> str:
         if score > best_score:
             best, best_score = delimiter, score
     return best
+
+
+def _field_count(line: str, delimiter: str) -> int:
+    """Fields of one line as :mod:`csv` splits it (0 when it cannot: a stray carriage
+    return or quote)."""
+    try:
+        return len(next(csv.reader([line.rstrip("\r")], delimiter=delimiter), []))
+    except csv.Error:
+        return 0
 
 
 def _table_rows(text: str, delimiter: str, path: str) -> list[tuple[int, list[str]]]:

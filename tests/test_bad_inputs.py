@@ -1,0 +1,66 @@
+"""The bad-input corpus (``tests/bad_inputs/corpus.py``), one test per case, each run through
+the real command line in-process: bad input gives exit code 2 and one ``error:`` line naming
+the file, line or option and the fault, with no traceback; odd but valid input works."""
+
+from __future__ import annotations
+
+import pytest
+
+from transferkit.cli import main
+
+from bad_inputs.corpus import CASES, Context
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """An image and a text bundle (tiny backbones, heads as initialised: no training)."""
+    from transferkit.backbones import build_backbone
+    from transferkit.bundle import save_bundle
+    from transferkit.heads import HeadConfig, build_model
+    from transferkit.strategies.base import get_strategy
+
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for kind, name, classes in (("image", "tiny-cnn", ["cat", "dog"]),
+                                ("text", "tiny-wordvec", ["neg", "pos"])):
+        model = build_model(build_backbone(name), HeadConfig(), classes)
+        strategy = get_strategy("freeze")
+        strategy.attach(model)
+        out[kind] = save_bundle(root / kind, model, strategy, touched=[], grayscale=False)
+    return out
+
+
+def hf_folder(path):
+    """A transformers model folder (the tiny BERT) to tamper with."""
+    from transferkit.backbones import build_backbone
+
+    bb = build_backbone("tiny-bert")
+    bb.tokenizer.save_pretrained(str(path))
+    bb.model.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name, tmp_path, capsys, monkeypatch, bundles):
+    ctx = Context(tmp_path, bundles["image"], bundles["text"], lambda: hf_folder(tmp_path / "hf"))
+    case = CASES[name](ctx)
+    if case.setup is not None:
+        case.setup(monkeypatch)
+    capsys.readouterr()  # what building the case printed
+    code = main([str(arg) for arg in case.argv])
+    out, err = capsys.readouterr()
+    assert code == case.code, err
+    assert "Traceback" not in err
+    if case.code:
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and len(err.strip().splitlines()) == 1, err
+        for needle in case.names:
+            assert needle in lines[0], (needle, lines[0])
+    for needle in case.never:
+        assert needle not in err, (needle, err)
+    if case.check is not None:
+        case.check(out, err)
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 60
