@@ -8,41 +8,17 @@ import pytest
 
 from transferkit.cli import main
 
-from bad_inputs.corpus import CASES, Context
+from bad_inputs.corpus import CASES, Context, make_bundles, make_hf_folder
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """An image and a text bundle (tiny backbones, heads as initialised: no training)."""
-    from transferkit.backbones import build_backbone
-    from transferkit.bundle import save_bundle
-    from transferkit.heads import HeadConfig, build_model
-    from transferkit.strategies.base import get_strategy
-
-    root = tmp_path_factory.mktemp("bundles")
-    out = {}
-    for kind, name, classes in (("image", "tiny-cnn", ["cat", "dog"]),
-                                ("text", "tiny-wordvec", ["neg", "pos"])):
-        model = build_model(build_backbone(name), HeadConfig(), classes)
-        strategy = get_strategy("freeze")
-        strategy.attach(model)
-        out[kind] = save_bundle(root / kind, model, strategy, touched=[], grayscale=False)
-    return out
-
-
-def hf_folder(path):
-    """A transformers model folder (the tiny BERT) to tamper with."""
-    from transferkit.backbones import build_backbone
-
-    bb = build_backbone("tiny-bert")
-    bb.tokenizer.save_pretrained(str(path))
-    bb.model.save_pretrained(str(path))
-    return path
+    return make_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, tmp_path, capsys, monkeypatch, bundles):
-    ctx = Context(tmp_path, bundles["image"], bundles["text"], lambda: hf_folder(tmp_path / "hf"))
+    ctx = Context(tmp_path, bundles["image"], bundles["text"], lambda: make_hf_folder(tmp_path / "hf"))
     case = CASES[name](ctx)
     if case.setup is not None:
         case.setup(monkeypatch)

@@ -454,7 +454,27 @@ def unlistable_subfolder(ctx):
     return Case(fit(data, ctx), names=("locked", "cannot list folder"), setup=unlistable(locked))
 
 
+@case
+def named_pipe_among_images(ctx):
+    """A FIFO named like an image would block the reader for ever."""
+    data = image_folder(ctx.root / "d")
+    os.mkfifo(data / "cat" / "pipe.png")
+    return Case(fit(data, ctx, "--skip-bad"), names=("pipe.png", "not a regular file"))
+
+
 # --------------------------------------------------------------------------- tables
+
+
+@case
+def named_pipe_as_table(ctx):
+    os.mkfifo(ctx.root / "t.csv")
+    return Case(fit_text(ctx.root / "t.csv", ctx), names=("t.csv", "not a regular file"))
+
+
+@case
+def predict_text_bundle_on_endless_device(ctx):
+    """/dev/zero never ends: it is refused, not read."""
+    return Case(["predict", ctx.text_bundle, "/dev/zero"], names=("/dev/zero", "not a regular file"))
 
 @case
 def ragged_csv(ctx):
@@ -1028,18 +1048,44 @@ def unknown_data_format(ctx):
     return Case(fit(ctx.root / "data.xlsx", ctx), names=("data.xlsx", "unknown data format"))
 
 
-# --------------------------------------------------------------------------- writing out
+# --------------------------------------------------------------------------- shared parts
+
+def make_bundles(root: Path) -> dict[str, Path]:
+    """An image and a text bundle (tiny backbones, heads as initialised: no training)."""
+    from transferkit.backbones import build_backbone
+    from transferkit.bundle import save_bundle
+    from transferkit.heads import HeadConfig, build_model
+    from transferkit.strategies.base import get_strategy
+
+    out = {}
+    for kind, name, classes in (("image", "tiny-cnn", IMAGE_CLASSES),
+                                ("text", "tiny-wordvec", TEXT_CLASSES)):
+        model = build_model(build_backbone(name), HeadConfig(), list(classes))
+        strategy = get_strategy("freeze")
+        strategy.attach(model)
+        out[kind] = save_bundle(root / kind, model, strategy, touched=[], grayscale=False)
+    return out
+
+
+def make_hf_folder(path: Path) -> Path:
+    """A transformers model folder (the tiny BERT) to tamper with."""
+    from transferkit.backbones import build_backbone
+
+    bb = build_backbone("tiny-bert")
+    bb.tokenizer.save_pretrained(str(path))
+    bb.model.save_pretrained(str(path))
+    return path
+
 
 def write_all(out: Path) -> None:
-    """Build every case under ``out/<case>/`` (bundles are left out: they come from a fit)."""
-    placeholder = out / "_no_bundle"
+    """Build every case under ``out/<case>/``, with the bundles under ``out/_bundles``."""
+    bundles = make_bundles(out / "_bundles")
     for name, build in CASES.items():
         root = out / name
         root.mkdir(parents=True, exist_ok=True)
-        try:
-            build(Context(root, placeholder, placeholder, lambda: root / "hf"))
-        except (OSError, FileNotFoundError) as exc:  # cases that copy a real bundle
-            print(f"{name}: needs a bundle ({exc.__class__.__name__})")
+        c = build(Context(root, bundles["image"], bundles["text"],
+                          lambda: make_hf_folder(root / "hf")))
+        print(f"{name}: exit {c.code}: transferkit {' '.join(str(a) for a in c.argv)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

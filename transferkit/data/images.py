@@ -92,6 +92,7 @@ def _open_checked(source: Any, origin: str) -> Image.Image:
     """
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL on odd TIFF / EXIF tags
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

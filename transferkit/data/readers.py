@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -84,6 +85,7 @@ def read_data(path: str | os.PathLike, *, text_column: str | None = None,
         raise ConfigError("give a text column or an image column, not both")
     if not os.path.exists(display):
         raise DataError(f"{display}: no such file or folder")
+    _refuse_special(display)
     lower = display.lower()
     suffix = os.path.splitext(lower)[1]
 
@@ -149,6 +151,7 @@ def _read_input(path: str, modality: str) -> Samples:
     image (for an image model) or one text."""
     if not os.path.lexists(path):
         raise DataError(f"{path}: no such file or folder")
+    _refuse_special(path)
     lower = path.lower()
     suffix = os.path.splitext(lower)[1]
     data_file = (lower.endswith(ARCHIVE_SUFFIXES) or suffix in TABLE_EXTENSIONS
@@ -284,6 +287,7 @@ class _Walker:
                     self.skipped_links += 1
                     continue
                 self.seen_files.add(real)
+                _refuse_special(path)
                 files.append(path)
         return files
 
@@ -292,6 +296,17 @@ class _Walker:
             return []
         return [f"{self.display}: skipped {self.skipped_links} link(s) to files or folders "
                 "already read (each file is read once)"]
+
+
+def _refuse_special(path: str) -> None:
+    """Refuse a named pipe, socket or device: reading one blocks or never ends.  (A path
+    that cannot be stat'ed, such as a broken link, is left to the reader to name.)"""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a named pipe, socket or device)")
 
 
 def _unlistable(exc: OSError) -> None:
