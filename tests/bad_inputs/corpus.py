@@ -360,6 +360,19 @@ def fit_with_invalid_utf8_file_name(ctx):
                  ctx.root / "run", "-q", "--cache-dir", ctx.root / "cache"], code=0)
 
 
+@case
+def skip_bad_with_invalid_utf8_name(ctx):
+    """A skipped file whose name is not UTF-8 is listed (escaped) and the run is written."""
+    data = image_folder(ctx.root / "d", per_class=4)
+    Path(os.fsdecode(os.fsencode(data / "dog") + b"/bro\xe9ken.png")).write_bytes(b"junk")
+
+    def check(out, err):
+        assert "bro\\xe9ken.png" in err, err
+        assert (ctx.root / "run" / "bundle" / "config.json").exists()
+    return Case(["fit", data, "--backbone", "tiny-cnn", "--epochs", "1", "--out", ctx.root / "run",
+                 "--skip-bad", "--cache-dir", ctx.root / "cache"], code=0, check=check)
+
+
 # --------------------------------------------------------------------------- image folders
 
 @case
