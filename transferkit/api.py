@@ -558,7 +558,11 @@ class TrainedModel:
             if s.modality != self.modality:  # before the labels: a mismatch explains them
                 raise DataError(f"{inputs}: holds {s.modality} data but this model takes {self.modality}")
             return s.with_classes(self.classes)
-        return samples_from_list(list(inputs), self.modality, self.classes)
+        items = list(inputs)
+        paths = items and all(isinstance(x, (str, os.PathLike)) for x in items)
+        if self.modality == "image" and paths:  # folders, images, tables, .npz alike
+            return read_inputs(items, "image")
+        return samples_from_list(items, self.modality, self.classes)
 
     def predict_proba(self, inputs) -> np.ndarray:
         return softmax(self.logits(inputs).astype(np.float64))
