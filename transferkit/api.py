@@ -466,7 +466,7 @@ def recorded_run_config(run_dir: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{run_dir}: no run_config.json; not a run folder that can be resumed")
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested beyond reason
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     return RunConfig.from_dict(recorded, where=str(path))
 
