@@ -4,6 +4,8 @@ the file, line or option and the fault, with no traceback; odd but valid input w
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from transferkit.cli import main
@@ -23,8 +25,12 @@ def test_bad_input(name, tmp_path, capsys, monkeypatch, bundles):
     if case.setup is not None:
         case.setup(monkeypatch)
     capsys.readouterr()  # what building the case printed
-    code = main([str(arg) for arg in case.argv])
+    with warnings.catch_warnings(record=True) as caught:  # a warning would reach the user
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        code = main([str(arg) for arg in case.argv])
     out, err = capsys.readouterr()
+    assert not [w for w in caught if case.code], [str(w.message)[:200] for w in caught]
     assert code == case.code, err
     assert "Traceback" not in err
     if case.code:

@@ -494,30 +494,42 @@ def _archive_samples(path: str, rows: list[tuple[str, str, bytes]]) -> Samples:
 
 # --------------------------------------------------------------------------- npz
 
-def _read_npz(path: str, labelled: bool) -> Samples:
+def _load_npz_arrays(path: str, labelled: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays ``x`` and (labelled) ``y`` of an ``.npz``, never unpickled; the file is closed
+    whatever happens."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive (holds a single array)")
-    with archive:
-        names = list(archive.files)
-        needed = ("x", "y") if labelled else ("x",)
-        for key in needed:
-            if key not in names:
-                raise DataError(f"{path}: missing array '{key}' (found: {', '.join(names) or 'none'})")
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    with handle:
         try:
-            x = archive["x"]
-            y = archive["y"] if labelled else None
-        except ValueError as exc:  # object arrays need pickle, which is never used
-            raise DataError(f"{path}: cannot load arrays without unpickling ({exc})") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+            archive = np.load(handle, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (holds a single array)")
+        with archive:
+            names = list(archive.files)
+            needed = ("x", "y") if labelled else ("x",)
+            for key in needed:
+                if key not in names:
+                    raise DataError(f"{path}: missing array '{key}' (found: "
+                                    f"{', '.join(names) or 'none'})")
+            try:
+                x = archive["x"]
+                y = archive["y"] if labelled else None
+            except ValueError as exc:  # object arrays need pickle, which is never used
+                raise DataError(f"{path}: cannot load arrays without unpickling ({exc})") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DataError(f"{path}: corrupt .npz file ({exc})") from None
     for key, array in (("x", x), ("y", y)):
         if array is not None and not isinstance(array, np.ndarray):  # a member with no .npy header
             raise DataError(f"{path}: member '{key}' is not a numpy array (.npy)")
+    return x, y
 
+
+def _read_npz(path: str, labelled: bool) -> Samples:
+    x, y = _load_npz_arrays(path, labelled)
     if x.dtype.kind in ("U", "S"):
         if x.ndim != 1:
             raise DataError(f"{path}: text array 'x' must be 1-d, not shape {x.shape}")
