@@ -105,6 +105,18 @@ def _open_checked(source: Any, origin: str) -> Image.Image:
         raise DataError(f"{origin}: truncated or corrupt image: {_describe(exc)}") from None
 
 
+def _load(image: Image.Image) -> None:
+    """Decode the pixels.  PIL warns (on stderr, past the one-line rule) about odd TIFF
+    tags while decoding, so TIFFs decode with warnings off; the filters are process-wide,
+    hence the lock, which only TIFFs (rare) take, so other formats decode in parallel."""
+    if image.format != "TIFF":
+        image.load()
+        return
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        image.load()
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return text if text else type(exc).__name__
@@ -240,7 +252,7 @@ def open_image(item: ImageItem, origin: str, *, grayscale: bool = False,
                 # draft picks the largest reduction (1/2, 1/4, 1/8) that keeps both sides
                 # >= size, so the shorter side stays >= target_size.
                 image.draft("RGB", (size, size))
-            image.load()
+            _load(image)
         except Image.DecompressionBombError as exc:
             raise _bomb_error(origin, exc) from None
         except Exception as exc:  # truncated data, broken streams, bad tables, ...
