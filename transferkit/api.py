@@ -39,8 +39,8 @@ from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
-from .data import (Samples, concat_samples, k_shot, read_data, read_domains, resolve_splits,
-                   stratified_split)
+from .data import (Samples, concat_samples, k_shot, read_data, read_domains, read_inputs,
+                   resolve_splits, stratified_split)
 from .data.images import check_split_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache
@@ -245,6 +245,8 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     t0 = time.perf_counter()
     splits = check_split_images(splits, cfg.train.skip_bad, log)
     classes = splits["train"].classes
+    for note in dict.fromkeys(n for v in splits.values() if v is not None for n in v.notes):
+        log(note)
     log(f"data: {splits['train'].source}: {modality}, {len(classes)} classes; "
         + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if v is not None))
     if domain is not None:
@@ -495,7 +497,7 @@ def recorded_run_config(run_dir: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{run_dir}: no run_config.json; not a run folder that can be resumed")
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested beyond reason
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     return RunConfig.from_dict(recorded, where=str(path))
 
@@ -637,16 +639,19 @@ class TrainedModel:
     def _samples(self, inputs, *, labelled: bool = False):
         if isinstance(inputs, Samples):
             return inputs
+        if isinstance(inputs, (str, os.PathLike)) and not labelled:
+            return read_inputs([inputs], self.modality)
         if isinstance(inputs, (str, os.PathLike)):
-            splits = _read(inputs, labelled=labelled, classes=self.classes if labelled else None)
-            if len(splits) == 1:
-                s = next(iter(splits.values()))
-            else:
-                s = concat_samples(list(splits.values()))
-            if s.modality != self.modality:
+            splits = _read(inputs, labelled=True)
+            s = concat_samples(list(splits.values())) if len(splits) > 1 else splits[next(iter(splits))]
+            if s.modality != self.modality:  # before the labels: a mismatch explains them
                 raise DataError(f"{inputs}: holds {s.modality} data but this model takes {self.modality}")
-            return s
-        return samples_from_list(list(inputs), self.modality, self.classes)
+            return s.with_classes(self.classes)
+        items = list(inputs)
+        paths = items and all(isinstance(x, (str, os.PathLike)) for x in items)
+        if self.modality == "image" and paths:  # folders, images, tables, .npz alike
+            return read_inputs(items, "image")
+        return samples_from_list(items, self.modality, self.classes)
 
     def predict_proba(self, inputs) -> np.ndarray:
         return softmax(self.logits(inputs).astype(np.float64))

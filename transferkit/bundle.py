@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .backbones import build_from_spec
-from .errors import BundleError
+from .backbones import backbone_modality, build_from_spec
+from .errors import BackboneError, BundleError, TransferkitError
 from .heads import HeadConfig, build_model
 from .io import save_tensors, write_json
 from .strategies.base import get_strategy
@@ -67,15 +67,81 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not cfg_path.exists():
         raise BundleError(f"{path}: not a bundle (no config.json)")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise BundleError(f"{cfg_path}: cannot read file ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{cfg_path}: not valid JSON ({e})") from None
-    if cfg.get("format") != FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise BundleError(f"{cfg_path}: not a transferkit bundle config")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
+    version = cfg.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{cfg_path}: format_version must be an integer, not {version!r}")
+    if version > FORMAT_VERSION:
         raise BundleError(f"{cfg_path}: bundle format {cfg['format_version']} is newer than this "
                           f"transferkit understands ({FORMAT_VERSION}); upgrade transferkit")
+    _check_fields(cfg, cfg_path)
     return cfg
+
+
+#: the fields every bundle config holds, and the JSON type each must have
+_FIELDS = {"modality": str, "backbone": dict, "backbone_identity": str, "head": dict,
+           "strategy": dict, "classes": list, "tensors": list}
+
+
+def _check_fields(cfg: dict[str, Any], cfg_path: Path) -> None:
+    """Refuse a config whose fields are missing, of the wrong type, or inconsistent (a
+    tampered or hand-edited bundle), naming the field."""
+    for name, kind in _FIELDS.items():
+        if not isinstance(cfg.get(name), kind):
+            got = "missing" if name not in cfg else f"a {type(cfg[name]).__name__}"
+            raise BundleError(f"{cfg_path}: field {name!r} must be a {kind.__name__} ({got})")
+    for name in ("classes", "tensors"):
+        if not all(isinstance(v, str) for v in cfg[name]):
+            raise BundleError(f"{cfg_path}: field {name!r} must list strings")
+    if len(cfg["classes"]) < 1 or len(set(cfg["classes"])) != len(cfg["classes"]):
+        raise BundleError(f"{cfg_path}: field 'classes' must list distinct class names")
+    if cfg["modality"] not in ("image", "text"):
+        raise BundleError(f"{cfg_path}: modality must be 'image' or 'text', not {cfg['modality']!r}")
+    name = cfg["backbone"].get("name")
+    if not isinstance(name, str):
+        raise BundleError(f"{cfg_path}: backbone has no name")
+    if not isinstance(cfg["strategy"].get("name"), str) or not isinstance(
+            cfg["strategy"].get("options", {}), dict):
+        raise BundleError(f"{cfg_path}: strategy must have a name and a dict of options")
+    try:
+        modality = backbone_modality(name)
+    except BackboneError as e:
+        raise BundleError(f"{cfg_path}: {e}") from None
+    if modality != cfg["modality"]:
+        article = "an" if cfg["modality"] == "image" else "a"
+        raise BundleError(f"{cfg_path}: names backbone {name!r}, a {modality} backbone, but "
+                          f"the bundle is {article} {cfg['modality']} model (a tampered "
+                          "config.json)")
+
+
+def _rebuild(cfg: dict[str, Any], path: Path):
+    """Backbone, model and strategy as the config says; a value they refuse names the
+    config file."""
+    try:
+        backbone = build_from_spec(cfg["backbone"])
+        if backbone.identity() != cfg["backbone_identity"]:
+            raise BundleError(f"{path}: backbone weights differ from the ones this bundle was "
+                              f"trained on ({backbone.identity()} != {cfg['backbone_identity']})")
+        if cfg.get("max_length") and hasattr(backbone, "max_length"):
+            backbone.max_length = int(cfg["max_length"])
+        model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
+        strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"].get("options", {}))
+        strategy.check_backbone(backbone)
+        strategy.attach(model)
+    except TransferkitError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise BundleError(f"{path / 'config.json'}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise BundleError(f"{path / 'config.json'}: a value the model cannot be rebuilt "
+                          f"from ({type(e).__name__}: {e})") from None
+    return backbone, model, strategy
 
 
 def load_model(path: str | Path):
@@ -85,16 +151,7 @@ def load_model(path: str | Path):
 
     path = Path(path)
     cfg = read_config(path)
-    backbone = build_from_spec(cfg["backbone"])
-    if backbone.identity() != cfg["backbone_identity"]:
-        raise BundleError(f"{path}: backbone weights differ from the ones this bundle was trained "
-                          f"on ({backbone.identity()} != {cfg['backbone_identity']})")
-    if cfg.get("max_length") and hasattr(backbone, "max_length"):
-        backbone.max_length = cfg["max_length"]
-    model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
-    strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"]["options"])
-    strategy.check_backbone(backbone)
-    strategy.attach(model)
+    backbone, model, strategy = _rebuild(cfg, path)
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except FileNotFoundError:

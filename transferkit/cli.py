@@ -16,10 +16,10 @@ from typing import Any
 from . import api
 from .backbones import list_backbones
 from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_file
-from .data.images import check_image
+from .data import check_image, read_inputs
 from .demo import run_demo
 from .engine.distributed import launch_processes
-from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError
+from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
 from .report.explain import explain
@@ -202,9 +202,17 @@ def _flag_of(name: str) -> str:
     return meta(f)["flag"] or "--" + field.replace("_", "-")
 
 
+def _say_notes(s, quiet: bool) -> None:
+    """What the reader left out (links to files already read), on stderr."""
+    for note in [] if quiet else s.notes:
+        print(printable(note), file=sys.stderr)
+
+
 def cmd_evaluate(a) -> int:
     tm = api.load(a.bundle)
-    m = tm.evaluate(a.data)
+    s = tm._samples(a.data, labelled=True)
+    _say_notes(s, a.quiet)
+    m = tm.evaluate(s)
     if a.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -219,24 +227,15 @@ def cmd_predict(a) -> int:
     tm = api.load(a.bundle)
     if a.text:
         s = api.samples_from_list(a.inputs, "text", tm.classes)
-    elif len(a.inputs) == 1 and (Path(a.inputs[0]).is_dir() or Path(a.inputs[0]).suffix.lower()
-                                 in (".csv", ".tsv", ".txt", ".npz", ".gz", ".tgz")):
-        # a folder or a data file: one sample per image / row (a .txt without tabs is one text)
-        s = tm._samples(a.inputs[0])
     else:
         if tm.modality == "text":
-            missing = [x for x in a.inputs if not Path(x).exists()]
+            missing = [x for x in a.inputs if not os.path.lexists(x)]
             if missing:
                 raise ConfigError(f"{missing[0]}: no such file (use --text to classify texts "
                                   "given on the command line)")
-            items = [Path(x).read_text(encoding="utf-8") for x in a.inputs]
-            s = api.samples_from_list(items, "text", tm.classes)
-            s.origins = list(a.inputs)
-        else:
-            for x in a.inputs:
-                if not Path(x).exists():
-                    raise ConfigError(f"{x}: no such file")
-            s = api.samples_from_list(a.inputs, "image", tm.classes)
+        # each input a folder, a data file, an image or a text file; any mix of them
+        s = read_inputs(a.inputs, tm.modality)
+        _say_notes(s, a.quiet)
         if tm.modality == "image":
             for item, origin in zip(s.items, s.origins):
                 check_image(item, origin)
@@ -248,7 +247,7 @@ def cmd_predict(a) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['label']}\t{r['probability']:.4f}\t{r['input']}")
+            print(f"{r['label']}\t{r['probability']:.4f}\t{printable(r['input'])}")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+from .errors import printable
+
 
 class Reporter:
     def __init__(self, quiet: bool = False):
@@ -17,7 +19,7 @@ class Reporter:
 
     def log(self, msg: str) -> None:
         if self._console is not None:
-            self._console.print(msg, markup=False)
+            self._console.print(printable(msg), markup=False)
 
     @contextmanager
     def progress(self):

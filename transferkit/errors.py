@@ -14,8 +14,19 @@ class TransferkitError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        # Keep the message on one line whatever the caller passed.
-        super().__init__(" ".join(str(message).split()))
+        # Keep the message on one line whatever the caller passed, and printable: a file
+        # name that is not valid UTF-8 shows its bytes (``caf\\xe9.png``).
+        super().__init__(printable(" ".join(str(message).split())))
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of OS names (lone surrogates) written as
+    ``\\xNN`` escapes, so that it can be printed on any stream."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class DataError(TransferkitError):

@@ -42,6 +42,10 @@ class or its private attributes):
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -246,6 +250,10 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a backbone by registry name; ``kwargs`` go to its factory (e.g. ``weights=``)."""
     entry, rest = _lookup(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:  # a setting the factory does not take is the caller's fault, named here
+        inspect.signature(entry.factory).bind(*([rest] if rest is not None else []), **kwargs)
+    except TypeError as exc:
+        raise BackboneError(f"backbone {name!r} ({entry.modality}): {exc}") from None
     if rest is not None:
         bb = entry.factory(rest, **kwargs)
     else:
@@ -257,3 +265,34 @@ def build_from_spec(spec: dict[str, Any]) -> Backbone:
     spec = dict(spec)
     name = spec.pop("name")
     return build_backbone(name, **spec)
+
+
+# --------------------------------------------------------------------------- weights files
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (its type when it has no message)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_plain_tensors(path: str | os.PathLike) -> Any:
+    """``torch.load`` of a ``.pth`` / ``.pt`` / ``.bin`` file that holds tensors only.
+
+    Nothing is ever unpickled beyond tensors and plain containers (``weights_only=True``);
+    a file that needs more (pickled objects: possibly hostile code) or is no torch file at
+    all is refused in one line, without torch's warning or its advice to load unsafely.
+
+    Raises:
+        BackboneError: the file cannot be loaded safely, or is unreadable.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BackboneError(f"weights file {os.fspath(path)!r}: not a plain tensor file (it "
+                            "holds Python objects, or is not a torch file); it cannot be "
+                            "loaded safely. Save the tensors alone, or as .safetensors") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip, a truncated file, ...
+        raise BackboneError(f"cannot read weights file {os.fspath(path)!r}: {one_line(exc)}") from None
+

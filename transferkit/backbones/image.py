@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError, ConfigError
-from .base import Backbone, TokenLayout, ValueProjection, register_backbone
+from .base import (Backbone, TokenLayout, ValueProjection, load_plain_tensors, one_line,
+                   register_backbone)
 
 #: seed of every random initialisation made here, so that "random-init" names one weight set
 RANDOM_INIT_SEED = 0
@@ -480,14 +481,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             sd: Any = load_file(str(p), device="cpu")
         elif suffix in (".pth", ".pt", ".bin"):
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = load_plain_tensors(p)
         else:
             raise BackboneError(f"weights file {str(p)!r}: unknown format {suffix or '(none)'}; "
                                 "expected .safetensors, .pth, .pt or .bin")
     except BackboneError:
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt file / pickled objects
-        raise BackboneError(f"cannot read weights file {str(p)!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file
+        raise BackboneError(f"cannot read weights file {str(p)!r}: {one_line(exc)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]

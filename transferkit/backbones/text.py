@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import pickle
 import socket
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
@@ -297,11 +299,17 @@ def _load_folder(folder: Path, label: str) -> tuple[nn.Module, Any]:
     if not (folder / "config.json").is_file():
         raise BackboneError(f"{label}: {folder} has no config.json (not a transformers model folder)")
     try:
-        with _quiet_loading():
+        with _quiet_loading(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise BackboneError(f"{label}: cannot load the model in {folder}: {_one_line(e)}") from e
+    except pickle.UnpicklingError:
+        weights = _weights_file(folder) or folder
+        raise BackboneError(f"{label}: {weights}: not a plain tensor file (it holds Python "
+                            "objects, or is not a torch file); it cannot be loaded safely. "
+                            "Use a folder with model.safetensors") from None
+    except Exception as e:  # noqa: BLE001 - transformers raises many types on a bad folder
+        raise BackboneError(f"{label}: cannot load the model in {folder}: {_one_line(e)}") from None
     _check_fast(tokenizer, label)
     return model, tokenizer
 

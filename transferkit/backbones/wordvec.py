@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -345,7 +346,14 @@ def _parse_vector(parts: list[str], dim: int, label: str, lineno: int) -> tuple[
     except ValueError:
         bad = next(x for x in tail if not _is_float(x))
         raise BackboneError(f"{label}: line {lineno}: {bad[:30]!r} is not a number") from None
+    # nan, inf and numbers beyond float32 would poison every feature of the backbone
+    bad = next((x for x, v in zip(tail, vec) if not math.isfinite(v) or abs(v) > _FLOAT32_MAX), None)
+    if bad is not None:
+        raise BackboneError(f"{label}: line {lineno}: {bad[:30]!r} is not a finite number")
     return " ".join(head).lower(), vec
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_float(x: str) -> bool:

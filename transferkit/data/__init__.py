@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from .images import check_image, open_image, scan_images
-from .readers import IMAGE_EXTENSIONS, read_data, read_domains
+from .readers import IMAGE_EXTENSIONS, read_data, read_domains, read_inputs
 from .samples import Samples, sort_classes
 from .splits import concat_samples, k_shot, resolve_splits, stratified_split
 
@@ -41,6 +41,7 @@ __all__ = [
     "open_image",
     "read_data",
     "read_domains",
+    "read_inputs",
     "resolve_splits",
     "scan_images",
     "sort_classes",

@@ -42,6 +42,9 @@ KNOWN_PLACEHOLDERS: dict[tuple[int, str], str] = {
 }
 _PLACEHOLDER_SIZES = {size for size, _ in KNOWN_PLACEHOLDERS}
 
+#: what every refusal that ``--skip-bad`` would resolve ends with
+SKIP_BAD_HINT = "--skip-bad leaves unreadable images out"
+
 _BOMB_RE = re.compile(r"\((\d+) pixels\)")
 _WARNINGS_LOCK = threading.Lock()
 
@@ -89,6 +92,7 @@ def _open_checked(source: Any, origin: str) -> Image.Image:
     """
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL on odd TIFF / EXIF tags
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -99,6 +103,18 @@ def _open_checked(source: Any, origin: str) -> Image.Image:
         raise
     except Exception as exc:  # PIL raises many types on malformed headers
         raise DataError(f"{origin}: truncated or corrupt image: {_describe(exc)}") from None
+
+
+def _load(image: Image.Image) -> None:
+    """Decode the pixels.  PIL warns (on stderr, past the one-line rule) about odd TIFF
+    tags while decoding, so TIFFs decode with warnings off; the filters are process-wide,
+    hence the lock, which only TIFFs (rare) take, so other formats decode in parallel."""
+    if image.format != "TIFF":
+        image.load()
+        return
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        image.load()
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,8 +202,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
     """Rotate / flip as the EXIF orientation tag says (an unreadable tag is ignored)."""
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    try:  # a corrupt EXIF block makes PIL warn: it is ignored here, not printed
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:
         return image
     if orientation not in (2, 3, 4, 5, 6, 7, 8):
@@ -234,7 +252,7 @@ def open_image(item: ImageItem, origin: str, *, grayscale: bool = False,
                 # draft picks the largest reduction (1/2, 1/4, 1/8) that keeps both sides
                 # >= size, so the shorter side stays >= target_size.
                 image.draft("RGB", (size, size))
-            image.load()
+            _load(image)
         except Image.DecompressionBombError as exc:
             raise _bomb_error(origin, exc) from None
         except Exception as exc:  # truncated data, broken streams, bad tables, ...
@@ -357,6 +375,9 @@ def check_split_images(splits: dict, skip_bad: bool, log) -> dict:
             out[name] = kept
         else:
             for item, origin in zip(s.items, s.origins):
-                check_image(item, origin)
+                try:
+                    check_image(item, origin)
+                except DataError as exc:
+                    raise DataError(f"{exc}; {SKIP_BAD_HINT}") from None
             out[name] = s
     return out

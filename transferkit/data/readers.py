@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .samples import Samples, sort_classes
+from .splits import concat_samples
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 TEXT_EXTENSIONS = {".txt"}
@@ -83,6 +85,7 @@ def read_data(path: str | os.PathLike, *, text_column: str | None = None,
         raise ConfigError("give a text column or an image column, not both")
     if not os.path.exists(display):
         raise DataError(f"{display}: no such file or folder")
+    _refuse_special(display)
     lower = display.lower()
     suffix = os.path.splitext(lower)[1]
 
@@ -120,6 +123,46 @@ def read_data(path: str | os.PathLike, *, text_column: str | None = None,
     return splits
 
 
+def read_inputs(paths: Sequence[str | os.PathLike], modality: str) -> Samples:
+    """Prediction inputs for a model of ``modality``: every path a folder, a data file
+    (table, ``.npz``, archive), an image file or a text file, joined in the order given.
+
+    Whatever kind of input works alone works in a list.
+
+    Raises:
+        DataError: a missing path, an unreadable input, or one that holds the other
+            modality's data (naming it).
+    """
+    parts = []
+    for path in paths:
+        display = os.fspath(path)
+        part = _read_input(display, modality)
+        if part.modality != modality:
+            raise DataError(f"{display}: holds {part.modality} data but this model takes "
+                            f"{modality}")
+        parts.append(part)
+    if not parts:
+        raise DataError("no inputs given")
+    return concat_samples(parts) if len(parts) > 1 else parts[0]
+
+
+def _read_input(path: str, modality: str) -> Samples:
+    """One prediction input: a folder or data file is read whole; any other file is one
+    image (for an image model) or one text."""
+    if not os.path.lexists(path):
+        raise DataError(f"{path}: no such file or folder")
+    _refuse_special(path)
+    lower = path.lower()
+    suffix = os.path.splitext(lower)[1]
+    data_file = (lower.endswith(ARCHIVE_SUFFIXES) or suffix in TABLE_EXTENSIONS
+                 or suffix == ".npz" or (suffix in TEXT_EXTENSIONS and _has_tab(path)))
+    if os.path.isdir(path) or data_file:
+        return read_data(path, labelled=False)["all"]
+    if suffix in IMAGE_EXTENSIONS or (modality == "image" and suffix not in TEXT_EXTENSIONS):
+        return Samples("image", [path], None, [], [path], path)
+    return _read_single_text(path)
+
+
 def _share_classes(splits: dict[str, Samples]) -> dict[str, Samples]:
     """Re-index every split against the sorted union of their classes."""
     union = sort_classes(name for split in splits.values() for name in split.classes)
@@ -131,6 +174,9 @@ def _share_classes(splits: dict[str, Samples]) -> dict[str, Samples]:
 
 def _decode_text(data: bytes, origin: str) -> str:
     """Decode one text sample (a whole file); a bad byte names its offset."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{origin}: byte {nul} is NUL: a binary file, not text")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -170,32 +216,111 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
-def _subfolders(folder: str) -> list[str]:
+def _subfolders(folder: str, walker: _Walker | None = None) -> list[str]:
     try:
         names = os.listdir(folder)
     except OSError as exc:
         raise DataError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
-    return sorted(name for name in names
-                  if not _is_hidden(name) and os.path.isdir(os.path.join(folder, name)))
+    found = sorted(name for name in names
+                   if not _is_hidden(name) and os.path.isdir(os.path.join(folder, name)))
+    if walker is None:
+        return found
+    return [name for name in found if not walker.skip_link(os.path.join(folder, name))]
 
 
-def _walk_files(folder: str) -> list[str]:
-    """Every non-hidden file below ``folder``, in a stable (sorted) order."""
-    files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(name for name in dirnames if not _is_hidden(name))
-        files.extend(os.path.join(dirpath, name) for name in sorted(filenames)
-                     if not name.startswith("."))
-    return files
+class _Walker:
+    """Lists the files below the folders of one data set.
+
+    Links are followed, but every real file and folder is read once: a link whose target
+    lies inside the data set's own folder is skipped (its target is read where it is), a
+    link to a folder already walked (a loop) is skipped, and a file reached twice is
+    kept the first time.  :attr:`skipped_links` counts what was left out.  A folder that
+    cannot be listed is refused, naming it.
+    """
+
+    def __init__(self, root: str):
+        self.display = root
+        self.root = os.path.realpath(root)
+        self.seen_files: set[str] = set()
+        self.seen_dirs: set[str] = set()
+        self.skipped_links = 0
+
+    def _inside_root(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def skip_link(self, path: str, real: str | None = None) -> bool:
+        """Whether ``path`` (a link) is left out: it points back into the data set, or to a
+        folder that holds the data set (a loop)."""
+        if not os.path.islink(path):
+            return False
+        real = real or os.path.realpath(path)
+        if self._inside_root(real) or self.root.startswith(real.rstrip(os.sep) + os.sep):
+            self.skipped_links += 1
+            return True
+        return False
+
+    def files(self, folder: str) -> list[str]:
+        """Every non-hidden file below ``folder``, in a stable (sorted) order."""
+        files: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True,
+                                                    onerror=_unlistable):
+            real_dir = os.path.realpath(dirpath)
+            if real_dir in self.seen_dirs:
+                self.skipped_links += 1
+                dirnames[:] = []
+                continue
+            self.seen_dirs.add(real_dir)
+            kept = []
+            for name in sorted(dirnames):
+                path = os.path.join(dirpath, name)
+                if not _is_hidden(name) and not self.skip_link(path):
+                    kept.append(name)
+            dirnames[:] = kept
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if self.skip_link(path, real):
+                    continue
+                if real in self.seen_files:
+                    self.skipped_links += 1
+                    continue
+                self.seen_files.add(real)
+                _refuse_special(path)
+                files.append(path)
+        return files
+
+    def notes(self) -> list[str]:
+        if not self.skipped_links:
+            return []
+        return [f"{self.display}: skipped {self.skipped_links} link(s) to files or folders "
+                "already read (each file is read once)"]
+
+
+def _refuse_special(path: str) -> None:
+    """Refuse a named pipe, socket or device: reading one blocks or never ends.  (A path
+    that cannot be stat'ed, such as a broken link, is left to the reader to name.)"""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a named pipe, socket or device)")
+
+
+def _unlistable(exc: OSError) -> None:
+    raise DataError(f"{exc.filename}: cannot list folder ({exc.strerror or exc}); "
+                    "fix its permissions or move it out of the data folder")
 
 
 def _extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
 
-def _split_folders(root: str) -> dict[str, str] | None:
+def _split_folders(root: str, walker: _Walker) -> dict[str, str] | None:
     """``{"train": path, ...}`` when ``root`` is laid out in split folders, else ``None``."""
-    subfolders = _subfolders(root)
+    subfolders = _subfolders(root, walker)
     found: dict[str, str] = {}
     for name in subfolders:
         split = SPLIT_ALIASES.get(name.lower())
@@ -214,12 +339,17 @@ def _split_folders(root: str) -> dict[str, str] | None:
 
 
 def _read_folder(root: str, labelled: bool) -> dict[str, Samples]:
+    walker = _Walker(root)
     if not labelled:
-        return {"all": _read_unlabelled_folder(root)}
-    splits = _split_folders(root)
-    if splits is None:
-        return {"all": _read_class_folder(root)}
-    result = {name: _read_class_folder(folder) for name, folder in splits.items()}
+        result = {"all": _read_unlabelled_folder(root, walker)}
+    else:
+        splits = _split_folders(root, walker)
+        if splits is None:
+            result = {"all": _read_class_folder(root, walker)}
+        else:
+            result = {name: _read_class_folder(folder, walker) for name, folder in splits.items()}
+    for split in result.values():
+        split.notes = walker.notes()
     modalities = {split.modality for split in result.values()}
     if len(modalities) > 1:
         described = ", ".join(f"{name} holds {split.modality}s" for name, split in result.items())
@@ -227,8 +357,8 @@ def _read_folder(root: str, labelled: bool) -> dict[str, Samples]:
     return result
 
 
-def _read_unlabelled_folder(root: str) -> Samples:
-    files = _walk_files(root)
+def _read_unlabelled_folder(root: str, walker: _Walker) -> Samples:
+    files = walker.files(root)
     images = [path for path in files if _extension(path) in IMAGE_EXTENSIONS]
     if images:
         return Samples("image", images, None, [], list(images), root)
@@ -239,14 +369,14 @@ def _read_unlabelled_folder(root: str) -> Samples:
     raise DataError(f"{root}: holds no image or .txt files")
 
 
-def _read_class_folder(folder: str) -> Samples:
+def _read_class_folder(folder: str, walker: _Walker) -> Samples:
     """A folder with one subfolder per class (images at any depth, or .txt files)."""
-    class_names = [name for name in _subfolders(folder)
+    class_names = [name for name in _subfolders(folder, walker)
                    if name.lower() not in IGNORED_CLASS_FOLDERS]
     if not class_names:
         raise DataError(f"{folder}: found no class subfolders; a labelled folder needs one "
                         "subfolder per class")
-    per_class = {name: _walk_files(os.path.join(folder, name)) for name in class_names}
+    per_class = {name: walker.files(os.path.join(folder, name)) for name in class_names}
     any_images = any(_extension(path) in IMAGE_EXTENSIONS
                      for files in per_class.values() for path in files)
     if any_images:
@@ -364,27 +494,42 @@ def _archive_samples(path: str, rows: list[tuple[str, str, bytes]]) -> Samples:
 
 # --------------------------------------------------------------------------- npz
 
-def _read_npz(path: str, labelled: bool) -> Samples:
+def _load_npz_arrays(path: str, labelled: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays ``x`` and (labelled) ``y`` of an ``.npz``, never unpickled; the file is closed
+    whatever happens."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive (holds a single array)")
-    with archive:
-        names = list(archive.files)
-        needed = ("x", "y") if labelled else ("x",)
-        for key in needed:
-            if key not in names:
-                raise DataError(f"{path}: missing array '{key}' (found: {', '.join(names) or 'none'})")
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    with handle:
         try:
-            x = archive["x"]
-            y = archive["y"] if labelled else None
-        except ValueError as exc:  # object arrays need pickle, which is never used
-            raise DataError(f"{path}: cannot load arrays without unpickling ({exc})") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+            archive = np.load(handle, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (holds a single array)")
+        with archive:
+            names = list(archive.files)
+            needed = ("x", "y") if labelled else ("x",)
+            for key in needed:
+                if key not in names:
+                    raise DataError(f"{path}: missing array '{key}' (found: "
+                                    f"{', '.join(names) or 'none'})")
+            try:
+                x = archive["x"]
+                y = archive["y"] if labelled else None
+            except ValueError as exc:  # object arrays need pickle, which is never used
+                raise DataError(f"{path}: cannot load arrays without unpickling ({exc})") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+    for key, array in (("x", x), ("y", y)):
+        if array is not None and not isinstance(array, np.ndarray):  # a member with no .npy header
+            raise DataError(f"{path}: member '{key}' is not a numpy array (.npy)")
+    return x, y
 
+
+def _read_npz(path: str, labelled: bool) -> Samples:
+    x, y = _load_npz_arrays(path, labelled)
     if x.dtype.kind in ("U", "S"):
         if x.ndim != 1:
             raise DataError(f"{path}: text array 'x' must be 1-d, not shape {x.shape}")
@@ -422,7 +567,9 @@ def _read_npz(path: str, labelled: bool) -> Samples:
     elif y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise DataError(f"{path}: row {int(bad[0])}: label {y[bad[0]]!r} is not an integer")
+            raise DataError(f"{path}: row {int(bad[0])}: label {y[bad[0]]!r} is not an integer; "
+                            "the labels look continuous, and transferkit classifies: give "
+                            "integer classes")
         values = np.unique(y.astype(np.int64))
         classes = [str(int(v)) for v in values]
         labels = np.searchsorted(values, y.astype(np.int64)).astype(np.int64)
@@ -439,6 +586,11 @@ def _read_npz(path: str, labelled: bool) -> Samples:
 # --------------------------------------------------------------------------- tables
 
 def _decode_table(data: bytes, path: str) -> str:
+    nul = data.find(b"\0")
+    if nul >= 0:  # UTF-16, or not a table at all
+        line = data.count(b"\n", 0, nul) + 1
+        raise DataError(f"{path}: line {line}: a NUL byte at offset {nul}; not a UTF-8 text "
+                        "table (UTF-16, or a binary file?)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -458,7 +610,7 @@ def _choose_delimiter(text: str, candidates: Sequence[str]) -> str:
     for delimiter in candidates:
         if not any(delimiter in line for line in lines):
             continue
-        counts = [len(next(csv.reader([line], delimiter=delimiter), [])) for line in lines]
+        counts = [_field_count(line, delimiter) for line in lines]
         mode = max(set(counts), key=counts.count)
         if mode < 2:
             continue
@@ -468,6 +620,15 @@ def _choose_delimiter(text: str, candidates: Sequence[str]) -> str:
         if score > best_score:
             best, best_score = delimiter, score
     return best
+
+
+def _field_count(line: str, delimiter: str) -> int:
+    """Fields of one line as :mod:`csv` splits it (0 when it cannot: a stray carriage
+    return or quote)."""
+    try:
+        return len(next(csv.reader([line.rstrip("\r")], delimiter=delimiter), []))
+    except csv.Error:
+        return 0
 
 
 def _table_rows(text: str, delimiter: str, path: str) -> list[tuple[int, list[str]]]:
@@ -681,9 +842,28 @@ def _table_labels(data_rows: list[tuple[int, list[str]]], label_index: int,
         if not label:
             raise DataError(f"{path}: line {number}: empty label")
         label_names.append(label)
+    _refuse_continuous(data_rows, label_names, path)
     classes = sort_classes(label_names)
     position = {name: i for i, name in enumerate(classes)}
     return np.asarray([position[name] for name in label_names], dtype=np.int64), classes
+
+
+def _refuse_continuous(data_rows: list[tuple[int, list[str]]], label_names: list[str],
+                       path: str) -> None:
+    """Refuse numeric labels that are mostly distinct and not all integers: a regression
+    target, not classes."""
+    try:
+        values = [float(name) for name in label_names]
+    except ValueError:
+        return
+    fractional = [i for i, v in enumerate(values) if not float(v).is_integer()]
+    distinct = len(set(label_names))
+    if fractional and distinct * 2 > len(label_names):
+        first = fractional[0]
+        raise DataError(f"{path}: the labels look continuous ({distinct} distinct numbers in "
+                        f"{len(label_names)} rows; line {data_rows[first][0]}: "
+                        f"{label_names[first]!r}); transferkit classifies: give class names "
+                        "or bin the values into classes")
 
 
 def read_domains(path: str | os.PathLike, domain_column: str, *, text_column: str | None = None,
@@ -721,4 +901,4 @@ def read_domains(path: str | os.PathLike, domain_column: str, *, text_column: st
     return out
 
 
-__all__ = ["IMAGE_EXTENSIONS", "read_data", "read_domains"]
+__all__ = ["IMAGE_EXTENSIONS", "read_data", "read_domains", "read_inputs"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -46,6 +46,8 @@ class Samples:
         origins: per item, what an error message names: ``"path/x.jpg"``,
             ``"file.csv: line 12"``, ``"x.npz: row 7"``, ``"a.tar.gz: a/pos/1.txt"``.
         source: the path the samples were read from.
+        notes: what the reader left out and the user should hear of (links skipped);
+            kept by :meth:`subset` and :meth:`with_classes`.
     """
 
     modality: str
@@ -54,6 +56,7 @@ class Samples:
     classes: list[str]
     origins: list[str]
     source: str
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -104,6 +107,7 @@ class Samples:
             classes=list(self.classes),
             origins=[self.origins[i] for i in idx],
             source=self.source,
+            notes=list(self.notes),
         )
 
     def with_classes(self, classes: Sequence[str]) -> Samples:
@@ -114,7 +118,7 @@ class Samples:
         classes = [str(name) for name in classes]
         if self.labels is None:
             return Samples(self.modality, list(self.items), None, classes,
-                           list(self.origins), self.source)
+                           list(self.origins), self.source, list(self.notes))
         position = {name: i for i, name in enumerate(classes)}
         mapping = np.array([position.get(name, -1) for name in self.classes], dtype=np.int64)
         labels = mapping[self.labels] if len(mapping) else self.labels.copy()
@@ -125,7 +129,7 @@ class Samples:
             raise DataError(f"{self.origins[first]}: label {name!r} is not one of the model's "
                             f"classes: {', '.join(classes)}")
         return Samples(self.modality, list(self.items), labels, classes,
-                       list(self.origins), self.source)
+                       list(self.origins), self.source, list(self.notes))
 
     def fingerprint(self) -> str:
         """A SHA-256 hex digest of the modality, items, labels and classes.
@@ -147,7 +151,7 @@ class Samples:
                     meta = f"{stat.st_size}:{stat.st_mtime_ns}"
                 except OSError:
                     meta = "missing"
-                digest.update(f"p{len(path)}:{path}\0{meta}\0".encode())
+                digest.update(f"p{len(path)}:{path}\0{meta}\0".encode("utf-8", "surrogatepass"))
             else:
                 data = str(item).encode("utf-8", "surrogatepass")
                 digest.update(f"t{len(data)}:".encode())

@@ -136,6 +136,7 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
         classes=classes,
         origins=[origin for part in aligned for origin in part.origins],
         source=sources[0] if len(sources) == 1 else ", ".join(sources),
+        notes=list(dict.fromkeys(note for part in parts for note in part.notes)),
     )
 
 

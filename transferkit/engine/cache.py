@@ -55,7 +55,9 @@ def item_key(item, modality: str = "image") -> str:
         h.update(np.ascontiguousarray(item).tobytes())
     elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
         st = os.stat(item)
-        h.update(f"file|{os.path.abspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        # a path is bytes to the OS: a name that is not valid UTF-8 keeps its bytes
+        h.update(b"file|" + os.fsencode(os.path.abspath(item))
+                 + f"|{st.st_size}|{st.st_mtime_ns}".encode())
     else:
         h.update(b"other|" + str(item).encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:24]
