@@ -11,6 +11,8 @@ A strategy never owns a training loop and never reads files.  Its whole interfac
 * ``stages(model, train)``: the :class:`Stage` list, each with its parameter groups and
   learning rates, and optionally its own callbacks (:class:`transferkit.events.Callback`:
   loss terms, extra data streams, per-sample weights) or a closed-form ``solve``;
+* ``solve_features(x, y, n_classes, seed)``: a dense layer fitted in closed form on
+  features alone (episodic evaluation), where the strategy has one;
 * ``save_extra(model, folder)``: files beside the bundle (e.g. adapters in PEFT's format);
 * ``for_export(model)``: the model as one plain forward pass for ONNX export (LoRA folds its
   adapters into the weights), or a ConfigError saying why it cannot be one.
@@ -145,6 +147,14 @@ class Strategy:
 
     def stages(self, model: nn.Module, train: Any) -> list[Stage]:  # pragma: no cover
         raise NotImplementedError
+
+    def solve_features(self, x, y, n_classes: int, seed: int):
+        """A classifier fitted in closed form on features ``x`` ``(N, d)`` (numpy) with
+        labels ``y`` alone, no validation data: ``(weight (n_classes, d), bias
+        (n_classes,))`` of one dense layer.  Episodic evaluation fits one per episode; a
+        strategy without such a fit says so."""
+        raise ConfigError(f"strategy {self.name!r} has no closed-form fit on features "
+                          "(episodes need one: e.g. prototype or linear)")
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""
