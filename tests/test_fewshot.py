@@ -54,3 +54,108 @@ def test_prototype_head_predicts_as_the_cosine_rule():
     radius = np.linalg.norm(x - m, axis=1).mean()
     ratio = np.linalg.norm(q - m, axis=1, keepdims=True) / radius
     assert np.allclose(q @ w.T + b, 10 * cos * ratio)
+
+
+# ------------------------------------------------------------------ --shots K
+
+import json  # noqa: E402
+
+import transferkit  # noqa: E402
+from transferkit.cli import main  # noqa: E402
+from transferkit.data import Samples, few_shot_splits, resolve_splits  # noqa: E402
+from transferkit.errors import ConfigError, DataError  # noqa: E402
+
+from conftest import make_image_folder, make_text_csv  # noqa: E402
+
+
+def _samples(counts: dict[str, int]) -> Samples:
+    labels = [i for i, n in enumerate(counts.values()) for _ in range(n)]
+    return Samples("text", [f"t{i}" for i in range(len(labels))], np.array(labels),
+                   list(counts), [f"row {i}" for i in range(len(labels))], "d.csv")
+
+
+def test_shots_are_seeded_per_class_and_the_rest_is_unlabelled():
+    s = _samples({"a": 8, "b": 5, "c": 6})
+    splits = resolve_splits({"all": s}, seed=0)
+    got = few_shot_splits(splits, 2, seed=3, val_given=False)
+    train = got["train"]
+    assert np.bincount(train.labels).tolist() == [2, 2, 2]
+    assert got["val"] is train                     # choices on the shots themselves
+    assert got["test"] is splits["test"]           # test untouched
+    rest = got["unlabelled"]
+    assert rest.labels is None
+    pool = set(splits["train"].origins) | set(splits["val"].origins)
+    assert set(train.origins) | set(rest.origins) == pool
+    assert not set(train.origins) & set(rest.origins)
+    again = few_shot_splits(splits, 2, seed=3, val_given=False)["train"]
+    other = few_shot_splits(splits, 2, seed=4, val_given=False)["train"]
+    assert again.origins == train.origins and other.origins != train.origins
+
+
+def test_shots_keep_a_given_validation_split():
+    s = _samples({"a": 8, "b": 8})
+    splits = resolve_splits({"train": s}, val={"all": _samples({"a": 2, "b": 2})}, seed=0)
+    got = few_shot_splits(splits, 3, seed=0, val_given=True)
+    assert got["val"] is splits["val"] and len(got["unlabelled"]) == 10
+
+
+def test_shots_refusals():
+    splits = resolve_splits({"all": _samples({"a": 20, "bee": 6})}, seed=0)
+    with pytest.raises(DataError, match=r"--shots 9: class 'bee' has only \d training samples"):
+        few_shot_splits(splits, 9, seed=0, val_given=False)
+    with pytest.raises(ConfigError, match="zero-shot"):
+        few_shot_splits(splits, 0, seed=0, val_given=False)
+
+
+def test_cli_refuses_bad_shots(tmp_path, capsys):
+    data = make_text_csv(tmp_path / "t.csv", n_per_class=6)
+    assert main(["fit", str(data), "--backbone", "tiny-bert", "--strategy", "prototype",
+                 "--shots", "0", "--out", str(tmp_path / "r0")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shots 0" in err[0] and "zero-shot" in err[0]
+    assert main(["fit", str(data), "--backbone", "tiny-bert", "--strategy", "prototype",
+                 "--shots", "50", "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shots 50: class" in err[0] and "has only" in err[0]
+
+
+@pytest.mark.parametrize("strategy,how", [("prototype", "nothing to choose"),
+                                          ("linear", "cross-validation over the training shots")])
+def test_fit_with_shots_says_how_it_chose(strategy, how, tmp_path):
+    data = make_image_folder(tmp_path / "img", per_class=12)
+    tm = transferkit.fit(data, backbone="tiny-cnn", strategy=strategy, shots=3, seed=0,
+                         quiet=True, out=tmp_path / "run")
+    m = json.loads((tm.run_dir / "metrics.json").read_text())
+    assert m["shots"] == {"k": 3, "labelled": 6, "unlabelled": m["shots"]["unlabelled"],
+                          "unlabelled_used": False, "val": "the K shots themselves"}
+    assert m["shots"]["unlabelled"] == 24 - 6 - m["test"]["n"]
+    assert how in m["selection"] and "not held out" in m["selection"]
+    assert m["val"]["n"] == 6      # scored on the shots, and said so
+    loaded = transferkit.load(tm.run_dir / "bundle")
+    assert loaded.predict([str(p) for p in sorted((data / "cat").iterdir())[:2]]) == \
+        tm.predict([str(p) for p in sorted((data / "cat").iterdir())[:2]])
+
+
+def test_fit_with_shots_and_val(tmp_path):
+    data = make_text_csv(tmp_path / "t.csv", n_per_class=12)
+    val = make_text_csv(tmp_path / "v.csv", n_per_class=3, seed=1)
+    tm = transferkit.fit(data, val=val, backbone="tiny-bert", strategy="prototype", shots=2,
+                         quiet=True, out=tmp_path / "run")
+    assert tm.metrics["shots"]["val"] == "given" and tm.metrics["val"]["n"] == 6
+    assert "given validation data" in tm.metrics["selection"]
+
+
+def test_linear_on_one_shot_fixes_C_and_says_so():
+    from types import SimpleNamespace
+
+    import torch
+
+    from transferkit.strategies.base import get_strategy
+
+    model = SimpleNamespace(head=SimpleNamespace(kind="linear"), classes=["a", "b"])
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    sol = get_strategy("linear").fit_on_shots(model, x, torch.tensor([0, 1]), seed=0)
+    assert sol.info["C"] == 1.0 and "nothing to cross-validate" in sol.info["selection"]
+    x = torch.randn(12, 3) + torch.tensor([2.0, 0, 0]) * torch.tensor([0, 1] * 6)[:, None]
+    sol = get_strategy("linear").fit_on_shots(model, x, torch.tensor([0, 1] * 6), seed=0)
+    assert "5-fold" in sol.info["selection"] and len(sol.info["grid"]) == 6

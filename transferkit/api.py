@@ -39,7 +39,7 @@ from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
-from .data import (Samples, concat_samples, k_shot, read_data, read_domains, read_inputs,
+from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains, read_inputs,
                    resolve_splits, stratified_split)
 from .data.images import check_split_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
@@ -212,6 +212,10 @@ class RunData:
     classes: list[str]
     #: seconds spent checking every image (``scan_s`` in ``metrics.json`` -> ``timing``)
     scan_s: float = 0.0
+    #: a ``--shots K`` run: the rest of the training split, its labels dropped (not used yet)
+    unlabelled: Any = None
+    #: a ``--shots K`` run without validation data: the K shots are the validation samples
+    val_is_train: bool = False
 
 
 @contextmanager
@@ -237,6 +241,8 @@ def _as_splits(x, columns):
 def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     """Read and split the data (and the target domain), check every image, log the sizes."""
     splits, domain = _resolve_splits(cfg, strat)
+    unlabelled = splits.pop("unlabelled", None)
+    val_is_train = splits["val"] is splits["train"]
     modality = splits["train"].modality
     if cfg.train.grayscale and modality != "image":
         raise ConfigError("--grayscale applies to images only")
@@ -244,6 +250,8 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     _check_backbone_modality(bb_name, modality, splits["train"].source)
     t0 = time.perf_counter()
     splits = check_split_images(splits, cfg.train.skip_bad, log)
+    if val_is_train:  # the same samples, also after leaving out unreadable images
+        splits["val"] = splits["train"]
     classes = splits["train"].classes
     for note in dict.fromkeys(n for v in splits.values() if v is not None for n in v.notes):
         log(note)
@@ -256,8 +264,13 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
             + (f", {len(domain['labelled'])} labelled for training"
                if domain["labelled"] is not None else "")
             + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
+    if cfg.data.shots is not None:
+        log(f"shots: {cfg.data.shots} per class; {len(unlabelled)} training samples kept "
+            "unlabelled; " + ("choices on the shots themselves" if val_is_train
+                              else "choices on the validation data"))
     return RunData(splits=splits, domain=domain, modality=modality, classes=classes,
-                   scan_s=time.perf_counter() - t0)
+                   scan_s=time.perf_counter() - t0, unlabelled=unlabelled,
+                   val_is_train=val_is_train)
 
 
 def _check_backbone_modality(name: str, modality: str, source: str) -> None:
@@ -280,10 +293,17 @@ def _resolve_splits(cfg: RunConfig, strat):
         if strat.uses_target:
             raise ConfigError(f"strategy {strat.name!r} adapts to a target domain: give the "
                               "unlabelled target data (--target)")
-        splits = resolve_splits(_as_splits(data, columns), val=_as_splits(d.val, columns),
+        given = _as_splits(data, columns)
+        splits = resolve_splits(given, val=_as_splits(d.val, columns),
                                 test=_as_splits(test, columns), val_fraction=d.val_fraction,
                                 test_fraction=d.test_fraction, seed=seed)
+        if d.shots is not None:
+            splits = few_shot_splits(splits, d.shots, seed,
+                                     val_given=d.val is not None or "val" in given)
         return splits, None
+    if d.shots is not None:
+        raise ConfigError("--shots does not combine with a target domain (--target); "
+                          "use --target-labels N for labelled target samples")
     splits = resolve_splits(_as_splits(data, columns), val=_as_splits(d.val, columns),
                             test=None, val_fraction=d.val_fraction, test_fraction=0.0, seed=seed)
     domain = _target_splits(target, test, splits["train"], dom.target_labels, strat, seed,
@@ -388,6 +408,8 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
                               outcome.timing, outcome.cache)
     if run_data.domain is not None:
         metrics.update(_domain_record(cfg, outcome, run_data, run_dir, log))
+    if cfg.data.shots is not None:
+        metrics.update(_shots_record(cfg, outcome, run_data))
     model.eval()
     t0 = time.perf_counter()
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
@@ -423,6 +445,24 @@ def _domain_record(cfg: RunConfig, outcome: Outcome, run_data: RunData, run_dir:
                    "selection": outcome.result.selection,
                    **domain_report(outcome.trainer, run_dir, log=log, figure=dom.figures)},
     }
+
+
+def _shots_record(cfg: RunConfig, outcome: Outcome, run_data: RunData) -> dict[str, Any]:
+    """``metrics.json``'s ``shots`` and ``selection`` entries of a ``--shots K`` run."""
+    k = cfg.data.shots
+    record = {"k": k, "labelled": len(run_data.splits["train"]),
+              "unlabelled": len(run_data.unlabelled), "unlabelled_used": False,
+              "val": "the K shots themselves" if run_data.val_is_train else "given"}
+    if not run_data.val_is_train:
+        selection = (f"{k}-shot: validation accuracy, then validation loss, on the given "
+                     "validation data; test never used for a choice")
+    else:
+        solved = (outcome.result.closed_form or {}).get("selection")
+        how = solved or ("the epoch with the best accuracy on the training shots themselves "
+                         "(no held-out labels: give --val for a fair choice)")
+        selection = (f"{k}-shot without validation data: {how}; the 'val' figures are "
+                     "scores on the training shots, not held out; test never used for a choice")
+    return {"shots": record, "selection": selection}
 
 
 def _split_domains(data, column: str, target, test, columns, test_fraction: float, seed: int):

@@ -51,6 +51,15 @@ class DataConfig(Settings):
     label_column: str | None = setting(None, "CSV/TSV column holding the labels")
     val_fraction: float = setting(0.15, "share of DATA carved out for validation")
     test_fraction: float = setting(0.15, "share of DATA carved out for test (without --test)")
+    shots: int | None = setting(None, "few-shot: K labelled examples per class, seeded, from "
+                                "the training split (the rest is kept unlabelled); choices "
+                                "are made on the K shots unless --val is given", metavar="K")
+
+    def validate(self) -> "DataConfig":
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"--shots {self.shots}: give 1 or more labelled examples per "
+                              "class (zero-shot is not supported yet)")
+        return self
 
 
 @dataclass

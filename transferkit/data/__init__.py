@@ -12,7 +12,7 @@ from typing import Any
 from .images import check_image, open_image, scan_images
 from .readers import IMAGE_EXTENSIONS, read_data, read_domains, read_inputs
 from .samples import Samples, sort_classes
-from .splits import concat_samples, k_shot, resolve_splits, stratified_split
+from .splits import concat_samples, few_shot_splits, k_shot, resolve_splits, stratified_split
 
 _LAZY = {
     "ImageDataset": ".datasets",
@@ -36,6 +36,7 @@ __all__ = [
     "concat_samples",
     "describe_transform",
     "eval_transform",
+    "few_shot_splits",
     "k_shot",
     "make_loader",
     "open_image",

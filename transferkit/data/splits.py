@@ -89,6 +89,10 @@ def k_shot(samples: Samples, k: int, seed: int) -> Samples:
         DataError: unlabelled samples, or a class with fewer than ``k`` samples.
         ConfigError: ``k`` < 1.
     """
+    return samples.subset(_k_shot_indices(samples, k, seed))
+
+
+def _k_shot_indices(samples: Samples, k: int, seed: int) -> np.ndarray:
     if int(k) < 1:
         raise ConfigError(f"k-shot needs k >= 1, got {k}")
     k = int(k)
@@ -100,7 +104,42 @@ def k_shot(samples: Samples, k: int, seed: int) -> Samples:
                             f"{k}-shot needs {k}")
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, class_index])
         parts.append(indices[rng.permutation(len(indices))[:k]])
-    return samples.subset(np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def few_shot_splits(splits: dict[str, Samples | None], k: int, seed: int, *,
+                    val_given: bool) -> dict[str, Samples | None]:
+    """The splits of a ``--shots K`` run.
+
+    ``train`` becomes ``k`` labelled samples of every class (:func:`k_shot`, seeded) drawn
+    from the training split, and from a validation split that was carved from it when the
+    user gave none (``val_given`` False): those labels would otherwise make choices.  What is
+    left of that pool is ``unlabelled`` (labels dropped).  ``val`` is the given validation
+    data, else the K shots themselves (the same object: choices are then made on the shots,
+    e.g. by cross-validation over them).  ``test`` is kept as it is.
+
+    Raises:
+        ConfigError: ``k`` < 1.
+        DataError: a class of the pool with fewer than ``k`` samples (named, with its count).
+    """
+    if int(k) < 1:
+        raise ConfigError(f"--shots {k}: give 1 or more labelled examples per class "
+                          "(zero-shot is not supported yet)")
+    k = int(k)
+    pool = splits["train"]
+    if not val_given and splits.get("val") is not None:
+        pool = concat_samples([pool, splits["val"]])
+    counts = pool.class_counts()
+    smallest = min(counts, key=lambda name: counts[name])
+    if counts[smallest] < k:
+        raise DataError(f"--shots {k}: class {smallest!r} has only {counts[smallest]} "
+                        f"training sample{'s' if counts[smallest] != 1 else ''}")
+    chosen = _k_shot_indices(pool, k, seed)
+    shots = pool.subset(chosen)
+    rest = pool.subset(np.setdiff1d(np.arange(len(pool)), chosen))
+    rest.labels = None
+    val = splits["val"] if val_given else shots
+    return {"train": shots, "val": val, "test": splits.get("test"), "unlabelled": rest}
 
 
 def concat_samples(parts: Sequence[Samples]) -> Samples:

@@ -114,6 +114,9 @@ class FitState:
     epoch_started: float = 0.0
     epoch_seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    #: the validation samples are the training samples themselves (few-shot without
+    #: ``--val``): a closed-form solver should choose by cross-validation over them
+    val_is_train: bool = False
 
     @property
     def stage(self):
@@ -327,7 +330,8 @@ class Trainer:
             self._snapshots = Snapshots(domain, val, self.cfg.seed)
         self._domain = domain
         self.state = FitState(trainer=self, model=model, cfg=self.cfg, data=data, stages=stages,
-                              criterion=self.select, device=self.device, timing=self.timing)
+                              criterion=self.select, device=self.device, timing=self.timing,
+                              val_is_train=val is train)
         return self.state
 
     def _callbacks(self, state: FitState, resume: bool, has_target: bool) -> list[Callback]:

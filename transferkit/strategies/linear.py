@@ -59,8 +59,49 @@ class Linear(Strategy):
         return [Stage("probe", 0, [], frozen_backbone=True, solve=self.solve)]
 
     def solve(self, state) -> Solution:
+        if getattr(state, "val_is_train", False):
+            return self.fit_on_shots(state.model, state.features("train"),
+                                     state.labels("train"), state.cfg.seed)
         return self.fit_closed_form(state.model, state.features("train"), state.labels("train"),
                                     state.features("val"), state.labels("val"), state.cfg.seed)
+
+    def solve_features(self, x, y, n_classes: int, seed: int):
+        """Logistic regression at ``C`` (1.0 unless given) on standardised ``x``, folded."""
+        c = self.options.C if self.options.C is not None else 1.0
+        return LinearOnShots(c, self.options.max_iter).fit(np.asarray(x, dtype=np.float64),
+                                                           np.asarray(y), n_classes, seed)
+
+    def fit_on_shots(self, model, x_train, y_train, seed) -> Solution:
+        """No held-out labels (few-shot without ``--val``): ``C`` chosen by stratified
+        cross-validation over the training samples, or fixed when a class has one sample."""
+        from sklearn.model_selection import StratifiedKFold
+
+        if model.head.kind != "linear":
+            raise ConfigError("linear strategy needs a linear head (head kind 'linear')")
+        x, y = x_train.double().numpy(), y_train.numpy()
+        n_classes = len(model.classes)
+        folds = min(5, int(np.bincount(y)[np.bincount(y) > 0].min()))
+        if self.options.C is not None or folds < 2:
+            c = self.options.C if self.options.C is not None else 1.0
+            why = ("C given" if self.options.C is not None else
+                   "C fixed at 1.0: one sample in a class leaves nothing to cross-validate")
+            w, b = self.solve_features(x, y, n_classes, seed)
+            return Solution([("fit", lambda m: m.head.set_linear(w, b))],
+                            {"C": c, "selection": why})
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        tried = []
+        for c in C_GRID:
+            hits = 0
+            for tr, te in split.split(x, y):
+                w, b = LinearOnShots(c, self.options.max_iter).fit(x[tr], y[tr], n_classes, seed)
+                hits += int(((x[te] @ w.T + b).argmax(1) == y[te]).sum())
+            tried.append({"C": c, "cv_accuracy": hits / len(y)})
+        best = max(tried, key=lambda t: (t["cv_accuracy"], -abs(np.log10(t["C"]))))
+        w, b = LinearOnShots(best["C"], self.options.max_iter).fit(x, y, n_classes, seed)
+        return Solution([("fit", lambda m: m.head.set_linear(w, b))],
+                        {"C": best["C"], "grid": tried,
+                         "selection": f"C by {folds}-fold stratified cross-validation over "
+                                      "the training shots"})
 
     def fit_closed_form(self, model, x_train, y_train, x_val, y_val, seed) -> Solution:
         from scipy.special import softmax
@@ -88,7 +129,23 @@ class Linear(Strategy):
             if best is None or key > best[0]:
                 best = (key, c, coef, bias)
         _, c, coef, bias = best
-        # fold standardisation: w.(x-mu)/sd + b  ==  (w/sd).x + (b - w.mu/sd)
-        w = coef / sd
-        b = bias - coef @ (mu / sd)
+        w, b = _fold(coef, bias, mu, sd)
         return Solution([("fit", lambda m: m.head.set_linear(w, b))], {"C": c, "grid": tried})
+
+
+@dataclass
+class LinearOnShots:
+    """Logistic regression at one ``C`` on standardised features, folded to one layer."""
+
+    C: float
+    max_iter: int = 3000
+
+    def fit(self, x, y, n_classes: int, seed: int):
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        coef, bias = fit_logreg((x - mu) / sd, y, self.C, n_classes, seed, max_iter=self.max_iter)
+        return _fold(coef, bias, mu, sd)
+
+
+def _fold(coef, bias, mu, sd):
+    """Fold standardisation: w.(x-mu)/sd + b  ==  (w/sd).x + (b - w.mu/sd)."""
+    return coef / sd, bias - coef @ (mu / sd)

@@ -81,7 +81,7 @@ class Prototype(Strategy):
                                    state.labels("train").numpy(), len(model.classes),
                                    state.cfg.seed)
         info = {"metric": "cosine", "centring": "support mean", "scale": self.options.scale,
-                "choice": "none: one setting"}
+                "selection": "nothing to choose (one setting: cosine CL2N prototypes)"}
         return Solution([("cl2n", lambda m: m.head.set_linear(w, b))], info)
 
     def solve_features(self, x, y, n_classes: int, seed: int):
