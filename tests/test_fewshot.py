@@ -159,3 +159,86 @@ def test_linear_on_one_shot_fixes_C_and_says_so():
     x = torch.randn(12, 3) + torch.tensor([2.0, 0, 0]) * torch.tensor([0, 1] * 6)[:, None]
     sol = get_strategy("linear").fit_on_shots(model, x, torch.tensor([0, 1] * 6), seed=0)
     assert "5-fold" in sol.info["selection"] and len(sol.info["grid"]) == 6
+
+
+# ------------------------------------------------------------------ episodes
+
+from transferkit.engine.episodes import EpisodeSpec, mean_ci95, run_episodes, sample_episode  # noqa: E402
+from transferkit.episodes import episodes  # noqa: E402
+
+
+def test_ci95_by_hand():
+    # values 0.5, 1.0, 0.75, 0.75: mean 0.75, sample sd sqrt(0.125/3), n 4
+    mean, ci = mean_ci95([0.5, 1.0, 0.75, 0.75])
+    assert mean == 0.75
+    assert ci == pytest.approx(1.96 * np.sqrt(0.125 / 3) / 2)
+    assert mean_ci95([0.6]) == (0.6, 0.0)
+
+
+def test_episode_sampler_is_seeded_and_disjoint():
+    labels = np.repeat(np.arange(5), 8)
+    spec = EpisodeSpec(ways=3, shots=2, queries=4, episodes=1, seed=7)
+    eligible = spec.check(labels, list("abcde"), "d")
+    chosen, support, query = sample_episode(labels, eligible, spec, 3)
+    assert len(set(chosen)) == 3 and not set(support) & set(query)
+    assert labels[support].tolist() == np.repeat(chosen, 2).tolist()
+    assert labels[query].tolist() == np.repeat(chosen, 4).tolist()
+    again = sample_episode(labels, eligible, spec, 3)
+    assert all((a == b).all() for a, b in zip(again, (chosen, support, query)))
+    assert not (sample_episode(labels, eligible, spec, 4)[1] == support).all()
+
+
+def test_episodes_score_the_strategy_on_queries():
+    from transferkit.strategies.base import get_strategy
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    centres = np.eye(4) * 10
+    feats = centres[labels] + rng.normal(size=(40, 4))
+    rows = run_episodes(feats, labels, list("abcd"), get_strategy("prototype"),
+                        EpisodeSpec(2, 1, 5, 30, 0))
+    assert len(rows) == 30 and all(r["accuracy"] == 1.0 for r in rows)
+    shuffled = rng.permutation(labels)       # labels unrelated to the features: near chance
+    rows = run_episodes(feats, shuffled, list("abcd"), get_strategy("prototype"),
+                        EpisodeSpec(2, 1, 5, 200, 0))
+    assert 0.35 < np.mean([r["accuracy"] for r in rows]) < 0.65
+
+
+def test_episodes_command_writes_json_and_csv(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "img", per_class=8, classes=("a", "b", "c"))
+    out = tmp_path / "ep"
+    assert main(["episodes", str(data), "--backbone", "tiny-cnn", "--ways", "2", "--shots",
+                 "2", "--queries", "3", "--episodes", "25", "--seed", "1", "--out",
+                 str(out), "-q"]) == 0
+    assert "2-way 2-shot" in capsys.readouterr().out
+    rec = json.loads((out / "episodes.json").read_text())
+    assert (rec["ways"], rec["shots"], rec["queries"], rec["episodes"]) == (2, 2, 3, 25)
+    rows = (out / "episodes.csv").read_text().splitlines()
+    assert rows[0] == "episode,accuracy,classes" and len(rows) == 26
+    acc = [float(r.split(",")[1]) for r in rows[1:]]
+    mean, ci = mean_ci95(acc)
+    assert rec["accuracy"]["mean"] == pytest.approx(mean, abs=1e-6)
+    assert rec["accuracy"]["ci95"] == pytest.approx(ci, abs=1e-6)
+    again = episodes(data, backbone="tiny-cnn", strategy="linear", ways=2, shots=2, queries=3,
+                     episodes=5, seed=1, quiet=True)
+    assert again["strategy"] == "linear" and 0 <= again["accuracy"]["mean"] <= 1
+
+
+def test_episodes_on_text(tmp_path):
+    data = make_text_csv(tmp_path / "t.csv", n_per_class=10)
+    rec = episodes(data, backbone="tiny-bert", ways=2, shots=3, queries=4, episodes=10,
+                   quiet=True)
+    assert rec["backbone"] == "tiny-bert" and 0 <= rec["accuracy"]["mean"] <= 1
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--ways", "4"], "--ways 4: "),
+    (["--ways", "2", "--shots", "5", "--queries", "5"], "needs 2 classes with 10 samples"),
+    (["--ways", "2", "--strategy", "freeze"], "no closed-form fit on features"),
+    (["--ways", "2", "--episodes", "0"], "--episodes must be >= 1"),
+])
+def test_episodes_refusals(args, msg, tmp_path, capsys):
+    data = make_image_folder(tmp_path / "img", per_class=6, classes=("a", "b", "c"))
+    assert main(["episodes", str(data), "--backbone", "tiny-cnn", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err

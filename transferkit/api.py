@@ -39,8 +39,8 @@ from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
-from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains, read_inputs,
-                   resolve_splits, stratified_split)
+from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
+                   read_inputs, resolve_splits, stratified_split)
 from .data.images import check_split_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache

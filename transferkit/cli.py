@@ -1,5 +1,5 @@
-"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report, list,
-demo."""
+"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report,
+episodes, list, demo."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_fi
 from .data import check_image, read_inputs
 from .demo import run_demo
 from .engine.distributed import launch_processes
+from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
@@ -38,6 +39,7 @@ EXAMPLES = """examples:
   transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
   transferkit export runs/ft/bundle --onnx ft.onnx
   transferkit report runs/ft runs/lora runs/linear --out runs/compare
+  transferkit episodes photos/ --strategy prototype --ways 2 --shots 1 --episodes 600 --out ep
   transferkit list backbones
   transferkit demo
 """
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, metavar="DIR", help="folder for index.html, "
                     "runs.csv and the figures")
 
+    _episodes_parser(sub, common)
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
     ls.add_argument("--all", action="store_true", help="include test-only backbones")
@@ -118,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--cache-dir")
     return p
+
+
+def _episodes_parser(sub, common) -> None:
+    ep = sub.add_parser("episodes", parents=[common], help="episodic few-shot evaluation: "
+                        "mean accuracy ± 95%% interval over seeded N-way K-shot episodes "
+                        "on cached features")
+    ep.add_argument("data", help="labelled data (every split is drawn from)")
+    ep.add_argument("--backbone", "-b", help="backbone (default: efficientnet_lite0 for "
+                    "images, minilm for text)")
+    ep.add_argument("--strategy", "-s", default="prototype", help="a strategy with a "
+                    "closed-form fit on features: prototype (default) or linear")
+    ep.add_argument("--option", "-o", type=_kv, action="append", default=[],
+                    metavar="KEY=VALUE", help="strategy option")
+    for flag, default, what in (("ways", 5, "classes per episode"),
+                                ("shots", 1, "support samples per class"),
+                                ("queries", 15, "query samples per class"),
+                                ("episodes", 600, "episodes"), ("seed", 0, "seed")):
+        ep.add_argument(f"--{flag}", type=int, default=default, help=f"{what} (default {default})")
+    ep.add_argument("--out", metavar="DIR", help="write DIR/episodes.json and DIR/episodes.csv")
+    ep.add_argument("--cache-dir", help="feature cache folder")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +312,16 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_episodes(a) -> int:
+    record = run_episodes(a.data, backbone=a.backbone, strategy=a.strategy, options=dict(a.option),
+                 ways=a.ways, shots=a.shots, queries=a.queries, episodes=a.episodes,
+                 seed=a.seed, out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
+    print(describe_episodes(record))
+    if a.out and not a.quiet:
+        print(f"wrote {Path(a.out) / 'episodes.json'} and {Path(a.out) / 'episodes.csv'}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -307,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "list": cmd_list, "demo": cmd_demo}[a.command]
+               "episodes": cmd_episodes, "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         with _sigterm_raises():
             return handler(a)
