@@ -242,3 +242,25 @@ def test_episodes_refusals(args, msg, tmp_path, capsys):
     assert main(["episodes", str(data), "--backbone", "tiny-cnn", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
+
+
+def test_prototype_centred_on_unlabelled_features(tmp_path):
+    from transferkit.strategies.base import get_strategy
+
+    x = np.array([[13, 14], [15, 10], [7, 6], [5, 10]], float)
+    u = np.array([[30.0, 30.0]] * 4)            # with the support: mean (20, 20)
+    y = np.array([0, 0, 1, 1])
+    plain = get_strategy("prototype").solve_features(x, y, 2, 0, unlabelled=u)
+    assert np.allclose(plain[0], prototype_head(x, y, 2)[0])    # centre=support ignores u
+    w, b = get_strategy("prototype", centre="all").solve_features(x, y, 2, 0, unlabelled=u)
+    m, p = cl2n_prototypes(x, y, 2, centre=[20, 20])
+    assert np.allclose(w / np.linalg.norm(w, axis=1, keepdims=True),
+                       p / np.linalg.norm(p, axis=1, keepdims=True))
+    assert np.allclose(b, -(w @ [20, 20]))
+    with pytest.raises(ConfigError, match="centre must be one of support, all"):
+        get_strategy("prototype", centre="middle")
+    data = make_image_folder(tmp_path / "img", per_class=12)
+    tm = transferkit.fit(data, backbone="tiny-cnn", strategy="prototype", shots=2, quiet=True,
+                         options={"centre": "all"}, out=tmp_path / "run")
+    assert tm.metrics["shots"]["unlabelled_used"] is True
+    assert tm.metrics["closed_form"]["unlabelled_used"] == tm.metrics["shots"]["unlabelled"] > 0

@@ -252,6 +252,9 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     splits = check_split_images(splits, cfg.train.skip_bad, log)
     if val_is_train:  # the same samples, also after leaving out unreadable images
         splits["val"] = splits["train"]
+    if unlabelled is not None:
+        unlabelled = check_split_images({"unlabelled": unlabelled}, cfg.train.skip_bad,
+                                        log)["unlabelled"]
     classes = splits["train"].classes
     for note in dict.fromkeys(n for v in splits.values() if v is not None for n in v.notes):
         log(note)
@@ -383,7 +386,7 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
         with _sigterm_as_interrupt():
             if domain is None:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
-                                     callbacks=folder)
+                                     unlabelled=run_data.unlabelled, callbacks=folder)
             else:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      target=domain["target"], target_test=domain["test"],
@@ -450,16 +453,18 @@ def _domain_record(cfg: RunConfig, outcome: Outcome, run_data: RunData, run_dir:
 def _shots_record(cfg: RunConfig, outcome: Outcome, run_data: RunData) -> dict[str, Any]:
     """``metrics.json``'s ``shots`` and ``selection`` entries of a ``--shots K`` run."""
     k = cfg.data.shots
+    solved = outcome.result.closed_form or {}
     record = {"k": k, "labelled": len(run_data.splits["train"]),
-              "unlabelled": len(run_data.unlabelled), "unlabelled_used": False,
+              "unlabelled": len(run_data.unlabelled),
+              "unlabelled_used": bool(solved.get("unlabelled_used")),
               "val": "the K shots themselves" if run_data.val_is_train else "given"}
     if not run_data.val_is_train:
         selection = (f"{k}-shot: validation accuracy, then validation loss, on the given "
                      "validation data; test never used for a choice")
     else:
-        solved = (outcome.result.closed_form or {}).get("selection")
-        how = solved or ("the epoch with the best accuracy on the training shots themselves "
-                         "(no held-out labels: give --val for a fair choice)")
+        how = solved.get("selection") or ("the epoch with the best accuracy on the training "
+                                          "shots themselves (no held-out labels: give --val "
+                                          "for a fair choice)")
         selection = (f"{k}-shot without validation data: {how}; the 'val' figures are "
                      "scores on the training shots, not held out; test never used for a choice")
     return {"shots": record, "selection": selection}

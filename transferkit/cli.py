@@ -141,6 +141,7 @@ def _episodes_parser(sub, common) -> None:
         ep.add_argument(f"--{flag}", type=int, default=default, help=f"{what} (default {default})")
     ep.add_argument("--out", metavar="DIR", help="write DIR/episodes.json and DIR/episodes.csv")
     ep.add_argument("--cache-dir", help="feature cache folder")
+    ep.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -315,7 +316,8 @@ def cmd_report(a) -> int:
 def cmd_episodes(a) -> int:
     record = run_episodes(a.data, backbone=a.backbone, strategy=a.strategy, options=dict(a.option),
                  ways=a.ways, shots=a.shots, queries=a.queries, episodes=a.episodes,
-                 seed=a.seed, out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
+                 seed=a.seed, out=a.out, cache_dir=a.cache_dir, skip_bad=a.skip_bad,
+                 quiet=a.quiet)
     print(describe_episodes(record))
     if a.out and not a.quiet:
         print(f"wrote {Path(a.out) / 'episodes.json'} and {Path(a.out) / 'episodes.csv'}")

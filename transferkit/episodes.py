@@ -20,6 +20,7 @@ from .api import DEFAULT_BACKBONES, _check_backbone_modality, _read
 from .backbones import build_backbone
 from .console import Reporter
 from .data import concat_samples
+from .data.images import check_split_images
 from .engine.cache import FeatureCache
 from .engine.config import TrainConfig
 from .engine.episodes import EpisodeSpec, mean_ci95, run_episodes
@@ -33,15 +34,17 @@ from .strategies.base import Strategy, get_strategy
 def episodes(data, *, backbone: str | None = None, strategy: str = "prototype",
              options: dict[str, Any] | None = None, ways: int = 5, shots: int = 1,
              queries: int = 15, episodes: int = 600, seed: int = 0, out=None,
-             cache_dir=None, quiet: bool = False) -> dict[str, Any]:
+             cache_dir=None, skip_bad: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Mean accuracy ± 95 % interval of ``strategy`` over seeded episodes drawn from every
-    labelled sample of ``data`` (all its splits); returns what ``episodes.json`` holds."""
+    labelled sample of ``data`` (all its splits); returns what ``episodes.json`` holds.
+    ``skip_bad``: leave unreadable images out (listed) instead of refusing the data."""
     rep = Reporter(quiet)
     spec = EpisodeSpec(int(ways), int(shots), int(queries), int(episodes), int(seed))
     strat = get_strategy(strategy, **(options or {}))
     if type(strat).solve_features is Strategy.solve_features:
         strat.solve_features(None, None, 0, 0)   # raises: says the strategy cannot
     samples = concat_samples([s for s in _read(data).values() if s is not None])
+    samples = check_split_images({"all": samples}, skip_bad, rep.log)["all"]
     if samples.labels is None:
         raise ConfigError(f"{samples.source}: episodes need labelled data")
     spec.check(samples.labels, samples.classes, samples.source)   # before the backbone runs

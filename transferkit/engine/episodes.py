@@ -3,6 +3,8 @@
 An episode draws ``ways`` classes, then ``shots`` support and ``queries`` query samples of
 each (disjoint); the strategy fits a dense layer on the support features alone
 (:meth:`~transferkit.strategies.base.Strategy.solve_features`) and is scored on the queries.
+The features of the whole pool are offered to the fit as unlabelled data (their labels are
+never passed; a strategy may use them, e.g. ``prototype -o centre=all`` to centre by them).
 Everything is seeded: episode ``i`` draws from its own generator seeded ``(seed, i)``, so an
 episode does not depend on how many came before it.  The reported interval is the usual one
 of few-shot papers: ``1.96 * sd / sqrt(episodes)`` with the sample standard deviation.
@@ -72,7 +74,8 @@ def run_episodes(features: np.ndarray, labels: np.ndarray, classes: list[str], s
     for i in range(spec.episodes):
         chosen, support, query = sample_episode(labels, eligible, spec, i)
         y_s, y_q = np.repeat(within, spec.shots), np.repeat(within, spec.queries)
-        w, b = strategy.solve_features(features[support], y_s, spec.ways, spec.seed + i)
+        w, b = strategy.solve_features(features[support], y_s, spec.ways, spec.seed + i,
+                                       unlabelled=features)
         pred = (features[query] @ np.asarray(w).T + np.asarray(b)).argmax(1)
         rows.append({"episode": i, "accuracy": float((pred == y_q).mean()),
                      "classes": [classes[c] for c in chosen]})

@@ -293,15 +293,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, train, val, *, resume: bool = False, target=None, target_test=None,
-            target_labelled=None, callbacks: list[Callback] = ()) -> FitResult:
+            target_labelled=None, unlabelled=None, callbacks: list[Callback] = ()) -> FitResult:
         """Train on ``train``, choose on ``val``.
 
         ``target``: unlabelled samples of the target domain (labels, if any, are dropped
         here); ``target_test``: labelled target samples scored after every epoch for the
         oracle column only; ``target_labelled``: the few target labels granted for training.
+        ``unlabelled``: unlabelled samples of the task itself (the rest of a few-shot
+        training split), kept as ``"unlabelled"`` for strategies that use them.
         ``callbacks`` run after the engine's own.
         """
         state = self._start(train, val, target, target_test, target_labelled)
+        if unlabelled is not None and len(unlabelled):
+            state.data["unlabelled"] = unlabelled
         cbs = self._callbacks(state, resume, target is not None) + list(callbacks)
         self._loop(state, _Fire(cbs, state))
         return self._result(state)

@@ -11,7 +11,7 @@ A strategy never owns a training loop and never reads files.  Its whole interfac
 * ``stages(model, train)``: the :class:`Stage` list, each with its parameter groups and
   learning rates, and optionally its own callbacks (:class:`transferkit.events.Callback`:
   loss terms, extra data streams, per-sample weights) or a closed-form ``solve``;
-* ``solve_features(x, y, n_classes, seed)``: a dense layer fitted in closed form on
+* ``solve_features(x, y, n_classes, seed, unlabelled=None)``: a dense layer fitted in closed form on
   features alone (episodic evaluation), where the strategy has one;
 * ``save_extra(model, folder)``: files beside the bundle (e.g. adapters in PEFT's format);
 * ``for_export(model)``: the model as one plain forward pass for ONNX export (LoRA folds its
@@ -148,10 +148,11 @@ class Strategy:
     def stages(self, model: nn.Module, train: Any) -> list[Stage]:  # pragma: no cover
         raise NotImplementedError
 
-    def solve_features(self, x, y, n_classes: int, seed: int):
+    def solve_features(self, x, y, n_classes: int, seed: int, unlabelled=None):
         """A classifier fitted in closed form on features ``x`` ``(N, d)`` (numpy) with
         labels ``y`` alone, no validation data: ``(weight (n_classes, d), bias
-        (n_classes,))`` of one dense layer.  Episodic evaluation fits one per episode; a
+        (n_classes,))`` of one dense layer.  ``unlabelled``: features of unlabelled samples
+        the strategy may use (or ignore).  Episodic evaluation fits one per episode; a
         strategy without such a fit says so."""
         raise ConfigError(f"strategy {self.name!r} has no closed-form fit on features "
                           "(episodes need one: e.g. prototype or linear)")

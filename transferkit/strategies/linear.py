@@ -65,8 +65,9 @@ class Linear(Strategy):
         return self.fit_closed_form(state.model, state.features("train"), state.labels("train"),
                                     state.features("val"), state.labels("val"), state.cfg.seed)
 
-    def solve_features(self, x, y, n_classes: int, seed: int):
-        """Logistic regression at ``C`` (1.0 unless given) on standardised ``x``, folded."""
+    def solve_features(self, x, y, n_classes: int, seed: int, unlabelled=None):
+        """Logistic regression at ``C`` (1.0 unless given) on standardised ``x``, folded;
+        ``unlabelled`` is not used."""
         c = self.options.C if self.options.C is not None else 1.0
         return LinearOnShots(c, self.options.max_iter).fit(np.asarray(x, dtype=np.float64),
                                                            np.asarray(y), n_classes, seed)

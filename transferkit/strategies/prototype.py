@@ -23,12 +23,14 @@ from ..errors import ConfigError
 from .base import Options, Solution, Stage, Strategy, register_strategy
 
 
-def cl2n_prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean (d,), prototypes (n_classes, d))``: the support mean, and per class the mean
-    of the centred, L2-normalised support features (zeros for a class without support)."""
+def cl2n_prototypes(x: np.ndarray, y: np.ndarray, n_classes: int,
+                    centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre (d,), prototypes (n_classes, d))``: the centre (the support mean unless
+    given), and per class the mean of the centred, L2-normalised support features (zeros
+    for a class without support)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
-    m = x.mean(0)
+    m = x.mean(0) if centre is None else np.asarray(centre, dtype=np.float64)
     z = x - m
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     protos = np.zeros((n_classes, x.shape[1]))
@@ -38,12 +40,12 @@ def cl2n_prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.nd
     return m, protos
 
 
-def prototype_head(x: np.ndarray, y: np.ndarray, n_classes: int,
-                   scale: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def prototype_head(x: np.ndarray, y: np.ndarray, n_classes: int, scale: float = 10.0,
+                   centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The CL2N cosine nearest-prototype rule as one dense layer ``(weight (K, d), bias
     (K,))``; a class without support gets a bias of -1e4."""
     x = np.asarray(x, dtype=np.float64)
-    m, protos = cl2n_prototypes(x, y, n_classes)
+    m, protos = cl2n_prototypes(x, y, n_classes, centre)
     norms = np.linalg.norm(protos, axis=1, keepdims=True)
     present = norms[:, 0] > 0
     unit = np.where(present[:, None], protos / np.maximum(norms, 1e-12), 0.0)
@@ -53,10 +55,17 @@ def prototype_head(x: np.ndarray, y: np.ndarray, n_classes: int,
     return w, b
 
 
+CENTRES = ("support", "all")
+
+
 @dataclass
 class PrototypeOptions(Options):
     #: logits are about ``scale`` times the cosine similarities (probabilities' sharpness)
     scale: float = 10.0
+    #: what is subtracted before normalising: the mean of the labelled support features
+    #: ("support"), or of the support and the unlabelled features together ("all": the rest
+    #: of the training split under --shots, the whole pool in episodes; labels never read)
+    centre: str = "support"
 
 
 @register_strategy
@@ -69,6 +78,9 @@ class Prototype(Strategy):
 
     def validate(self) -> None:
         self.require_positive("scale")
+        if self.options.centre not in CENTRES:
+            raise ConfigError(f"prototype: centre must be one of {', '.join(CENTRES)}, got "
+                              f"{self.options.centre!r}")
 
     def stages(self, model, train):
         return [Stage("prototypes", 0, [], frozen_backbone=True, solve=self.solve)]
@@ -77,12 +89,22 @@ class Prototype(Strategy):
         model = state.model
         if model.head.kind != "linear":
             raise ConfigError("prototype strategy needs a linear head (head kind 'linear')")
+        unlabelled = None
+        if self.options.centre == "all" and state.has("unlabelled"):
+            unlabelled = state.features("unlabelled").double().numpy()
         w, b = self.solve_features(state.features("train").double().numpy(),
                                    state.labels("train").numpy(), len(model.classes),
-                                   state.cfg.seed)
-        info = {"metric": "cosine", "centring": "support mean", "scale": self.options.scale,
+                                   state.cfg.seed, unlabelled=unlabelled)
+        n_u = 0 if unlabelled is None else len(unlabelled)
+        info = {"metric": "cosine", "scale": self.options.scale, "unlabelled_used": n_u,
+                "centring": ("mean of the training and unlabelled features" if n_u
+                             else "mean of the training features"),
                 "selection": "nothing to choose (one setting: cosine CL2N prototypes)"}
         return Solution([("cl2n", lambda m: m.head.set_linear(w, b))], info)
 
-    def solve_features(self, x, y, n_classes: int, seed: int):
-        return prototype_head(x, y, n_classes, self.options.scale)
+    def solve_features(self, x, y, n_classes: int, seed: int, unlabelled=None):
+        centre = None
+        if self.options.centre == "all" and unlabelled is not None and len(unlabelled):
+            centre = np.concatenate([np.asarray(x, np.float64),
+                                     np.asarray(unlabelled, np.float64)]).mean(0)
+        return prototype_head(x, y, n_classes, self.options.scale, centre)
