@@ -84,6 +84,16 @@ def test_h_score_is_invariant_to_invertible_linear_maps():
     assert h_score(F, y) > h_score(F, np.random.default_rng(1).permutation(y)) + 1.0
 
 
+def test_h_score_saturates_at_k_minus_1_when_features_span_the_samples():
+    # the documented limit of the shrinkage-free form: d >= n - 1 gives k - 1 for any labels
+    rng = np.random.default_rng(0)
+    F, y = rng.normal(size=(12, 20)), np.arange(12) % 3
+    assert h_score(F, y) == pytest.approx(2.0, rel=1e-6)
+    assert h_score(F, rng.permutation(y)) == pytest.approx(2.0, rel=1e-6)
+    G, z = _blobs(n=200, d=5, k=3)
+    assert 0 < h_score(G, z) < 2.0
+
+
 # --------------------------------------------------------------------------- NCE, LEEP
 
 Z = np.array([0, 0, 1, 1])

@@ -1,5 +1,5 @@
-"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report, list,
-demo."""
+"""The ``transferkit`` command line: fit, evaluate, predict, explain, export, report, rank,
+list, demo."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .engine.distributed import launch_processes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
+from .rank import rank, rank_table, write_rank
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -38,6 +39,7 @@ EXAMPLES = """examples:
   transferkit explain runs/ft/bundle img1.jpg --out runs/ft/explain
   transferkit export runs/ft/bundle --onnx ft.onnx
   transferkit report runs/ft runs/lora runs/linear --out runs/compare
+  transferkit rank photos/ --backbones efficientnet_lite0,efficientnet_lite1 --out rank.json
   transferkit list backbones
   transferkit demo
 """
@@ -109,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by fit")
     rp.add_argument("--out", required=True, metavar="DIR", help="folder for index.html, "
                     "runs.csv and the figures")
+
+    rk = sub.add_parser("rank", parents=[common], help="score candidate backbones on DATA's "
+                        "training split without training (LogME, H-score; LEEP and NCE where "
+                        "the backbone has a source classifier); higher is better")
+    rk.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
+    rk.add_argument("--backbones", required=True, metavar="A,B,C",
+                    help="backbone names separated by commas (see: transferkit list backbones)")
+    rk.add_argument("--out", metavar="FILE.json", help="write the scores and their times here")
+    rk.add_argument("--seed", type=int, default=None,
+                    help="seed of the train / val / test carving (default: fit's)")
+    rk.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    rk.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
+    rk.add_argument("--cache-dir", help="feature cache folder")
+    rk.add_argument("--no-cache", action="store_true", help="compute features afresh")
+    rk.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
@@ -289,6 +306,21 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_rank(a) -> int:
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1; got {a.batch_size}")
+    if a.out and Path(a.out).is_dir():
+        raise ConfigError(f"--out {a.out}: is a folder; give a file name such as rank.json")
+    log = (lambda s: None) if a.quiet else (lambda s: print(printable(s), file=sys.stderr))
+    record = rank(a.data, a.backbones, seed=a.seed, cache_dir=a.cache_dir,
+                  no_cache=a.no_cache, device=a.device, batch_size=a.batch_size,
+                  skip_bad=a.skip_bad, log=log)
+    print(rank_table(record))
+    if a.out:
+        print(f"wrote {write_rank(record, a.out)}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -307,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "list": cmd_list, "demo": cmd_demo}[a.command]
+               "rank": cmd_rank, "list": cmd_list, "demo": cmd_demo}[a.command]
     try:
         with _sigterm_raises():
             return handler(a)

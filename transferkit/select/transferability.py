@@ -124,10 +124,11 @@ def h_score(features, labels) -> float:
 
     The shrinkage-free definition of Bao et al. (2019), as TLlib computes it: the plain
     covariance, inverted by Moore-Penrose pseudo-inverse (singular values below ``1e-15`` of the
-    largest are dropped).  With more feature dimensions than samples the plain covariance is
-    singular and the score can be large and unstable; the regularised variant of Ibrahim et al.
-    (2022) is the remedy, not implemented here.  Invariant to any invertible linear map of the
-    features.
+    largest are dropped).  Invariant to any invertible linear map of the features.  It is at
+    most ``k - 1`` for ``k`` classes, and when the centred features span ``n - 1`` dimensions
+    (``d >= n - 1``, usual for small data sets and wide backbones) it equals ``k - 1`` for
+    *every* labelling: it then ranks nothing.  The shrinkage-regularised variant of Ibrahim et
+    al. (2022) is the remedy, not implemented here.
     """
     F = as_matrix(features, "features", 2)
     y, k = _labels(labels, F.shape[0])
