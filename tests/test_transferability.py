@@ -8,7 +8,9 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from transferkit.errors import ConfigError
-from transferkit.select import SCORES, h_score, leep, logme, nce, scores_for
+from scipy import linalg
+
+from transferkit.select import SCORES, h_score, leep, logme, nce, scores_for, sfda
 
 
 def _blobs(n=60, d=5, k=3, sep=4.0, seed=0):
@@ -136,10 +138,81 @@ def test_source_scores_prefer_labels_the_source_predicts():
     assert leep(theta, y) <= 0 and nce(theta, y) <= 0
 
 
+# --------------------------------------------------------------------------- SFDA
+
+def _sfda_published_steps(X, y):
+    """SFDA as the paper's code lays it out: total and between scatter, every generalised
+    eigenvector of (Sb, Sw), the projection V V^T, a per-class ConfMix loop."""
+    X = X.astype(float).copy()
+    n, d = X.shape
+    k = len(np.unique(y))
+
+    def cov(Z, lam=None):
+        C = np.cov(Z.T, bias=True).reshape(d, d)
+        if lam is None:
+            return C
+        return (1 - lam) * C + lam * np.trace(C) / d * np.eye(d)
+
+    def fit(X, lam):
+        pri = np.bincount(y) / n
+        means = np.array([X[y == c].mean(axis=0) for c in range(k)])
+        Sw = sum(pri[c] * cov(X[y == c]) for c in range(k))
+        if lam is None:
+            lam = max(np.exp(-5 * np.linalg.eigvalsh(Sw).max()), 1e-10)
+        Sw_s = (1 - lam) * Sw + lam * np.trace(Sw) / d * np.eye(d)
+        Sb = cov(X, lam) - Sw_s
+        _, V = linalg.eigh(Sb, Sw_s)
+        coef = means @ V @ V.T
+        s = X @ coef.T - 0.5 * np.diag(means @ coef.T) + np.log(pri)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True), lam, means
+
+    p, lam, means = fit(X, None)
+    p = np.exp(p) / np.exp(p).sum(axis=1, keepdims=True)
+    for c in range(k):
+        idx = np.where(y == c)[0]
+        q = p[idx, c][:, None]
+        other = (means.sum(axis=0) - means[c]) / (k - 1)
+        X[idx] = q * X[idx] + (1 - q) * other
+    p2, _, _ = fit(X, lam)
+    return p2[np.arange(n), y].mean()
+
+
+@pytest.mark.parametrize("n,d,k,sep", [(30, 4, 3, 1.0), (20, 8, 2, 0.3), (40, 6, 4, 0.2)])
+def test_sfda_matches_the_published_steps(n, d, k, sep):
+    F, y = _blobs(n=n, d=d, k=k, sep=sep, seed=n)
+    assert sfda(F, y) == pytest.approx(_sfda_published_steps(F, y), rel=1e-7)
+
+
+def test_sfda_by_hand_in_one_dimension():
+    # d = 1: the shrinkage changes nothing (mu = Sw); class means .5 and 3.5, Sw = 1/4, so
+    # the first discriminant's logit of class 1 against 0 is 12 x - 24
+    x, y = np.array([0.0, 1, 3, 4]), np.array([0, 0, 1, 1])
+    p1 = 1 / (1 + np.exp(-(12 * x - 24)))
+    p1 = np.stack([1 - p1, p1], axis=1)
+    q = (np.exp(p1) / np.exp(p1).sum(axis=1, keepdims=True))[np.arange(4), y]
+    other = np.array([3.5, 0.5])[y]
+    x2 = q * x + (1 - q) * other
+    m = np.array([x2[:2].mean(), x2[2:].mean()])
+    sw = 0.5 * x2[:2].var() + 0.5 * x2[2:].var()
+    logit = ((m[1] - m[0]) * x2 - (m[1] ** 2 - m[0] ** 2) / 2) / sw
+    p2 = 1 / (1 + np.exp(-logit))
+    want = np.mean(np.where(y == 1, p2, 1 - p2))
+    assert sfda(x[:, None], y) == pytest.approx(want, rel=1e-9)
+
+
+def test_sfda_prefers_separable_labels():
+    F, y = _blobs(n=90, d=6, k=3, sep=1.5)
+    shuffled = np.random.default_rng(1).permutation(y)
+    assert 0 < sfda(F, shuffled) < sfda(F, y) <= 1
+    with pytest.raises(ConfigError, match="do not vary within any class"):
+        sfda(np.array([[0.0], [0], [1], [1]]), [0, 0, 1, 1])
+
+
 # --------------------------------------------------------------------------- the table, faults
 
 def test_registry_says_which_scores_need_source_probabilities():
-    assert {s.name for s in scores_for(False)} == {"logme", "hscore"}
+    assert {s.name for s in scores_for(False)} == {"logme", "hscore", "sfda"}
     assert {s.name for s in scores_for(True)} == set(SCORES)
     F, y = _blobs()
     theta = _onehot(y, 4) * 0.9 + 0.025

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs.csv and the figures")
 
     rk = sub.add_parser("rank", parents=[common], help="score candidate backbones on DATA's "
-                        "training split without training (LogME, H-score; LEEP and NCE where "
-                        "the backbone has a source classifier); higher is better")
+                        "training split without training (LogME, H-score, SFDA; LEEP and NCE "
+                        "where the backbone has a source classifier); higher is better")
     rk.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
     rk.add_argument("--backbones", required=True, metavar="A,B,C",
                     help="backbone names separated by commas (see: transferkit list backbones)")

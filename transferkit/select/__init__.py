@@ -1,7 +1,7 @@
 """Model selection as plain ``(arrays) -> float`` functions: label-free domain-adaptation
 criteria and transferability scores."""
 
-from .transferability import SCORES, Score, h_score, leep, logme, nce, scores_for
+from .transferability import SCORES, Score, h_score, leep, logme, nce, scores_for, sfda
 from .unsupervised import (
     dev_risk,
     importance_weighted_accuracy,
@@ -10,4 +10,5 @@ from .unsupervised import (
 )
 
 __all__ = ["SCORES", "Score", "dev_risk", "h_score", "importance_weighted_accuracy", "leep",
-           "logme", "mean_entropy", "nce", "scores_for", "snd_score"]
+           "logme", "mean_entropy", "nce", "scores_for", "sfda",
+           "snd_score"]

@@ -12,7 +12,10 @@ Plain functions; each returns one float and **higher is better** for every one o
 * :func:`nce` - Negative Conditional Entropy (Tran, Nguyen & Hassner, ICCV 2019) of the target
   labels given the source model's predicted (arg-max) source class;
 * :func:`leep` - Log Expected Empirical Prediction (Nguyen, Hassner, Seeger & Archambeau, ICML
-  2020) from the source model's probabilities over its own classes.
+  2020) from the source model's probabilities over its own classes;
+* :func:`sfda` - SFDA (Shao, Zhao, Ge, Zhang, Wang, Chen & Luo, ECCV 2022): the mean
+  probability of the true class under a regularised Fisher discriminant, fitted again after
+  the hard samples are moved towards the other classes ("self-challenging").
 
 ``labels`` are integer class indices (any integers: they are re-indexed in sorted order);
 ``features`` are ``(n, d)``; ``source_probs`` are ``(n, z)`` softmax rows over the source
@@ -33,7 +36,7 @@ from ..domain.features import as_matrix
 from ..errors import ConfigError
 from .unsupervised import _probs
 
-__all__ = ["SCORES", "Score", "h_score", "leep", "logme", "nce", "scores_for"]
+__all__ = ["SCORES", "Score", "h_score", "leep", "logme", "nce", "scores_for", "sfda"]
 
 
 def _labels(labels, n: int | None = None) -> tuple[np.ndarray, int]:
@@ -179,6 +182,68 @@ def leep(source_probs, labels) -> float:
     return float(np.mean(np.log(np.maximum(eep, 1e-300))))
 
 
+# --------------------------------------------------------------------------- SFDA
+
+def sfda(features, labels) -> float:
+    """SFDA: ``1/n sum_i p2(y_i | x'_i)``, in (0, 1].
+
+    1. A Fisher discriminant on ``F``: within-class scatter ``Sw = sum_c pi_c cov_c`` (class
+       priors ``pi_c``, biased class covariances), shrunk towards ``mu I`` (``mu = tr(Sw)/d``)
+       by ``lambda = max(exp(-5 * largest eigenvalue of Sw), 1e-10)``; class scores ``x
+       Sw_s^-1 m_c - m_c Sw_s^-1 m_c / 2 + ln pi_c`` and their softmax ``p1``.
+    2. ConfMix: each sample moves towards the mean of the other classes' means by ``1 - q``,
+       where ``q`` is the softmax of ``p1`` (softmax applied a second time, as published) at its
+       true class: ``x'_i = q_i x_i + (1 - q_i) mbar_{-y_i}``.
+    3. The same discriminant, with the same ``lambda``, fitted on ``x'``; ``p2`` its softmax.
+
+    The published code projects onto every generalised eigenvector of ``(Sb, Sw_s)``; keeping
+    all of them makes the projection ``V V^T = Sw_s^-1``, which is what is computed here (a
+    linear solve, no eigen-decomposition).  The largest eigenvalue of ``Sw`` is computed
+    exactly (the published code takes 3 power-iteration steps).
+    """
+    X = as_matrix(features, "features", 2).copy()
+    y, k = _labels(labels, X.shape[0])
+    rows = np.arange(X.shape[0])
+    p1, lam = _fisher_probs(X, y, k, None)
+    q = np.exp(p1) / np.exp(p1).sum(axis=1, keepdims=True)
+    q = q[rows, y][:, None]
+    means = _class_means(X, y, k)
+    others = (means.sum(axis=0) - means) / (k - 1)
+    p2, _ = _fisher_probs(q * X + (1 - q) * others[y], y, k, lam)
+    return float(p2[rows, y].mean())
+
+
+def _class_means(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    means = np.zeros((k, X.shape[1]))
+    np.add.at(means, y, X)
+    return means / np.bincount(y, minlength=k)[:, None]
+
+
+def _fisher_probs(X, y, k, shrinkage) -> tuple[np.ndarray, float]:
+    """Softmax class probabilities of the shrunk Fisher discriminant, and its shrinkage."""
+    n, d = X.shape
+    priors = np.bincount(y, minlength=k) / n
+    means = _class_means(X, y, k)
+    centred = X - means[y]
+    Sw = np.zeros((d, d))
+    for c in range(k):
+        Z = centred[y == c]
+        Sw += priors[c] * (Z.T @ Z) / Z.shape[0]
+    if not np.trace(Sw) > 0:
+        raise ConfigError("sfda: the features do not vary within any class")
+    if shrinkage is None:
+        top = float(linalg.eigh(Sw, eigvals_only=True, subset_by_index=[d - 1, d - 1])[0])
+        shrinkage = max(float(np.exp(-5.0 * top)), 1e-10)
+    Sw_s = (1.0 - shrinkage) * Sw
+    Sw_s[np.diag_indices(d)] += shrinkage * np.trace(Sw) / d
+    coef = linalg.solve(Sw_s, means.T, assume_a="pos").T
+    intercept = -0.5 * np.einsum("cd,cd->c", means, coef) + np.log(priors)
+    scores = X @ coef.T + intercept
+    scores -= scores.max(axis=1, keepdims=True)
+    P = np.exp(scores)
+    return P / P.sum(axis=1, keepdims=True), shrinkage
+
+
 # --------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
@@ -196,6 +261,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("hscore", False, lambda f, y, p: h_score(f, y), "H-score (Bao et al. 2019)"),
     Score("nce", True, lambda f, y, p: nce(p, y), "NCE (Tran et al. 2019)"),
     Score("leep", True, lambda f, y, p: leep(p, y), "LEEP (Nguyen et al. 2020)"),
+    Score("sfda", False, lambda f, y, p: sfda(f, y), "SFDA (Shao et al. 2022)"),
 )}
 
 
