@@ -79,6 +79,15 @@ def test_h_score_by_hand():
     assert h_score(np.array([[0.0], [1], [3], [4]]), [0, 0, 1, 1]) == pytest.approx(0.9)
 
 
+@pytest.mark.parametrize("n,d", [(40, 6), (10, 30)])
+def test_h_score_matches_the_covariance_formula(n, d):
+    F, y = _blobs(n=n, d=d, k=3, sep=0.5, seed=d)
+    means = np.array([F[y == c].mean(axis=0) for c in range(3)])
+    want = np.trace(np.linalg.pinv(np.cov(F, rowvar=False), rcond=1e-15)
+                    @ np.cov(means[y], rowvar=False))
+    assert h_score(F, y) == pytest.approx(want, rel=1e-6)
+
+
 def test_h_score_is_invariant_to_invertible_linear_maps():
     F, y = _blobs(d=4)
     M = np.random.default_rng(3).normal(size=(4, 4)) + 3 * np.eye(4)

@@ -126,8 +126,8 @@ def h_score(features, labels) -> float:
     sample ``i``'s class) and both covariances are sample covariances over the ``n`` rows.
 
     The shrinkage-free definition of Bao et al. (2019), as TLlib computes it: the plain
-    covariance, inverted by Moore-Penrose pseudo-inverse (singular values below ``1e-15`` of the
-    largest are dropped).  Invariant to any invertible linear map of the features.  It is at
+    covariance, inverted by Moore-Penrose pseudo-inverse (eigenvalues below ``1e-15`` of the
+    largest are dropped), computed from a thin SVD of the centred features.  Invariant to any invertible linear map of the features.  It is at
     most ``k - 1`` for ``k`` classes, and when the centred features span ``n - 1`` dimensions
     (``d >= n - 1``, usual for small data sets and wide backbones) it equals ``k - 1`` for
     *every* labelling: it then ranks nothing.  The shrinkage-regularised variant of Ibrahim et
@@ -138,9 +138,15 @@ def h_score(features, labels) -> float:
     means = np.zeros((k, F.shape[1]))
     np.add.at(means, y, F)
     means /= np.bincount(y, minlength=k)[:, None]
-    cov_f = np.cov(F, rowvar=False).reshape(F.shape[1], F.shape[1])
-    cov_g = np.cov(means[y], rowvar=False).reshape(F.shape[1], F.shape[1])
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15) @ cov_g))
+    # with Fc = F - mean = U S V^T: pinv(cov f) = (n - 1) V S^-2 V^T over the kept singular
+    # values, so the trace is |Gc V S^-1|_F^2 (Gc the centred class means): a thin SVD of the
+    # n x d features instead of a d x d pseudo-inverse
+    Fc = F - F.mean(axis=0)
+    _, sv, Vt = linalg.svd(Fc, full_matrices=False)
+    keep = sv * sv > 1e-15 * (sv[0] * sv[0]) if sv.size and sv[0] > 0 else np.zeros(0, bool)
+    Gc = means[y] - F.mean(axis=0)
+    proj = (Gc @ Vt[keep].T) / sv[keep]
+    return float((proj * proj).sum())
 
 
 # --------------------------------------------------------------------------- NCE and LEEP
