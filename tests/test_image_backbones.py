@@ -13,7 +13,7 @@ import torch
 from transferkit.backbones import build_backbone, build_from_spec, list_backbones
 from transferkit.backbones import image as image_mod
 from transferkit.backbones.image import TimmBackbone, map_lite_state_dict
-from transferkit.errors import BackboneError
+from transferkit.errors import BackboneError, ConfigError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ANT, BEE = 310, 309  # ImageNet-1k class indices
@@ -362,3 +362,38 @@ def test_channels_last_same_features():
         b = bb.to_channels_last()(x.contiguous(memory_format=torch.channels_last))["pooled"]
     assert bb.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- source head
+
+@pytest.mark.parametrize("name", ["tiny-cnn", "tiny-vit"])
+def test_source_probabilities_from_pooled_features_match_the_whole_model(name):
+    bb = build_backbone(name)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        pooled = bb(x)["pooled"]
+    got = bb.source_probabilities(pooled)
+    want = torch.softmax(bb.classify_imagenet(x), dim=-1)
+    assert got.shape == (3, 10)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_lite0_source_probabilities_name_ants_and_bees(lite0):
+    val = SHARED_DATA / "hymenoptera" / "val"
+    if not val.is_dir():
+        pytest.skip(f"shared data {val} is absent")
+    x = _load_hymenoptera(sorted((val / "ants").glob("*.jpg"))[:3], lite0.preprocess)
+    with torch.no_grad():
+        probs = lite0.source_probabilities(lite0(x)["pooled"])
+    assert probs.shape == (3, 1000)
+    assert torch.allclose(probs, torch.softmax(lite0.classify_imagenet(x), -1), atol=1e-5)
+    assert (probs.argmax(1) == ANT).sum() >= 2
+
+
+def test_headless_weights_have_no_source_head():
+    bb = TimmBackbone(image_mod._seeded(lambda: image_mod._timm().create_model(
+        "test_efficientnet", pretrained=False, num_classes=0)), name="headless",
+        preprocess=dict(image_mod._TINY_PREPROCESS), spec={}, weights_tag="x")
+    assert bb.source_head() is None
+    with pytest.raises(ConfigError, match="no classifier over source classes"):
+        bb.source_probabilities(torch.zeros(1, bb.feature_dim))

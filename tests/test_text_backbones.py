@@ -400,3 +400,13 @@ def test_tiny_wordvec_deterministic():
     assert together["mask"].tolist() == [[True, True, False, False, False],
                                           [True, True, True, True, True]]
     assert 1 not in a.tokenize(["the phone is good"])["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-wordvec"])
+def test_text_backbones_have_no_source_head(name):
+    from transferkit.errors import ConfigError
+
+    bb = build_backbone(name)
+    assert bb.source_head() is None
+    with pytest.raises(ConfigError, match="no classifier over source classes"):
+        bb.source_probabilities(torch.zeros(1, bb.feature_dim))

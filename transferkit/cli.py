@@ -1,5 +1,5 @@
 """The ``transferkit`` command line: fit, evaluate, predict, explain, export, report,
-episodes, list, demo."""
+episodes, rank, list, demo."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
+from .rank import rank, rank_table, write_rank
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -40,6 +41,7 @@ EXAMPLES = """examples:
   transferkit export runs/ft/bundle --onnx ft.onnx
   transferkit report runs/ft runs/lora runs/linear --out runs/compare
   transferkit episodes photos/ --strategy prototype --ways 2 --shots 1 --episodes 600 --out ep
+  transferkit rank photos/ --backbones efficientnet_lite0,efficientnet_lite1 --out rank.json
   transferkit list backbones
   transferkit demo
 """
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs.csv and the figures")
 
     _episodes_parser(sub, common)
+    _rank_parser(sub, common)
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
     ls.add_argument("--all", action="store_true", help="include test-only backbones")
@@ -121,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--cache-dir")
     return p
+
+
+def _rank_parser(sub, common) -> None:
+    rk = sub.add_parser("rank", parents=[common], help="score candidate backbones on DATA's "
+                        "training split without training (LogME, H-score, SFDA; LEEP and NCE "
+                        "where the backbone has a source classifier); higher is better")
+    rk.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
+    rk.add_argument("--backbones", required=True, metavar="A,B,C",
+                    help="backbone names separated by commas (see: transferkit list backbones)")
+    rk.add_argument("--out", metavar="FILE.json", help="write the scores and their times here")
+    rk.add_argument("--seed", type=int, default=None,
+                    help="seed of the train / val / test carving (default: fit's)")
+    rk.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    rk.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
+    rk.add_argument("--cache-dir", help="feature cache folder")
+    rk.add_argument("--no-cache", action="store_true", help="compute features afresh")
+    rk.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _episodes_parser(sub, common) -> None:
@@ -314,13 +334,28 @@ def cmd_report(a) -> int:
 
 
 def cmd_episodes(a) -> int:
-    record = run_episodes(a.data, backbone=a.backbone, strategy=a.strategy, options=dict(a.option),
-                 ways=a.ways, shots=a.shots, queries=a.queries, episodes=a.episodes,
-                 seed=a.seed, out=a.out, cache_dir=a.cache_dir, skip_bad=a.skip_bad,
-                 quiet=a.quiet)
+    record = run_episodes(a.data, backbone=a.backbone, strategy=a.strategy,
+                          options=dict(a.option), ways=a.ways, shots=a.shots,
+                          queries=a.queries, episodes=a.episodes, seed=a.seed, out=a.out,
+                          cache_dir=a.cache_dir, skip_bad=a.skip_bad, quiet=a.quiet)
     print(describe_episodes(record))
     if a.out and not a.quiet:
         print(f"wrote {Path(a.out) / 'episodes.json'} and {Path(a.out) / 'episodes.csv'}")
+    return 0
+
+
+def cmd_rank(a) -> int:
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1; got {a.batch_size}")
+    if a.out and Path(a.out).is_dir():
+        raise ConfigError(f"--out {a.out}: is a folder; give a file name such as rank.json")
+    log = (lambda s: None) if a.quiet else (lambda s: print(printable(s), file=sys.stderr))
+    record = rank(a.data, a.backbones, seed=a.seed, cache_dir=a.cache_dir,
+                  no_cache=a.no_cache, device=a.device, batch_size=a.batch_size,
+                  skip_bad=a.skip_bad, log=log)
+    print(rank_table(record))
+    if a.out:
+        print(f"wrote {write_rank(record, a.out)}", file=sys.stderr)
     return 0
 
 
@@ -342,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "episodes": cmd_episodes, "list": cmd_list, "demo": cmd_demo}[a.command]
+               "episodes": cmd_episodes, "rank": cmd_rank, "list": cmd_list,
+               "demo": cmd_demo}[a.command]
     try:
         with _sigterm_raises():
             return handler(a)

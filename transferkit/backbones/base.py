@@ -36,7 +36,10 @@ class or its private attributes):
 * :meth:`Backbone.input_embeddings` and :meth:`Backbone.token_names`: the token embedding
   module and the names of token ids (text encoders);
 * :meth:`Backbone.save_tokenizer`: the tokenizer's files, for use outside transferkit (ONNX
-  export).
+  export);
+* :meth:`Backbone.source_head` and :meth:`Backbone.source_probabilities`: the pretrained
+  classifier over the source task's own classes (ImageNet-1k for the built-in CNNs), applied to
+  ``pooled`` features, so that cached features give source probabilities too (LEEP, NCE).
 """
 
 from __future__ import annotations
@@ -178,6 +181,23 @@ class Backbone(nn.Module):
     def token_names(self, ids: list[int]) -> list[str]:
         """The tokenizer's names of token ids (``[CLS]``, ``good``, ``##s``, ...)."""
         raise ConfigError(f"backbone {self.name!r} takes images, not text")
+
+    def source_head(self) -> nn.Module | None:
+        """The pretrained classifier that maps ``pooled`` features ``(B, D)`` to logits over
+        the source task's classes ``(B, Z)``; ``None`` when the weights came without one (text
+        encoders, word vectors, headless weights)."""
+        return None
+
+    @torch.no_grad()
+    def source_probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Softmax over the source classes ``(B, Z)`` of ``pooled`` features ``(B, D)`` (as
+        :meth:`forward` gives them, or read back from the feature cache)."""
+        head = self.source_head()
+        if head is None:
+            raise ConfigError(f"backbone {self.name!r} has no classifier over source classes")
+        p = next(head.parameters(), None)
+        x = pooled.to(p.device, p.dtype) if p is not None else pooled
+        return torch.softmax(head(x).float(), dim=-1).cpu()
 
     def save_tokenizer(self, folder) -> bool:
         """Write the tokenizer's files to ``folder`` in a format other tools read (Hugging

@@ -327,6 +327,12 @@ class TimmBackbone(Backbone):
         heads = _classifier_modules(self.model)
         return heads[0] if heads else None
 
+    def source_head(self) -> nn.Module | None:
+        """timm's classifier: after ``forward_head(..., pre_logits=True)`` only (inactive)
+        dropout and this module remain, so it maps ``pooled`` features to the logits."""
+        heads = _classifier_modules(self.model) if getattr(self.model, "num_classes", 0) else []
+        return heads[0] if len(heads) == 1 and isinstance(heads[0], nn.Linear) else None
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.model.forward_features(x)
         return {"pooled": self.model.forward_head(feats, pre_logits=True)}
