@@ -77,9 +77,10 @@ def _seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM behaves like Ctrl-C: the run stops and its last checkpoint stays
-    (:class:`~transferkit.errors.Terminated` is a KeyboardInterrupt)."""
+def sigterm_as_interrupt():
+    """SIGTERM behaves like Ctrl-C within the block: the run stops and its last checkpoint
+    stays (:class:`~transferkit.errors.Terminated` is a KeyboardInterrupt, so the exit code
+    can still say which signal it was).  A no-op outside the main thread."""
     def handler(signum, frame):
         raise Terminated
     try:
@@ -383,7 +384,7 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
         trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device, processes=procs)
         folder = [run_folder_callback(cfg, run_dir, resume)] if _is_main(procs) else []
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if domain is None:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      unlabelled=run_data.unlabelled, callbacks=folder)

@@ -7,9 +7,7 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -380,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                "episodes": cmd_episodes, "rank": cmd_rank, "list": cmd_list,
                "demo": cmd_demo}[a.command]
     try:
-        with _sigterm_raises():
+        with api.sigterm_as_interrupt():
             return handler(a)
     except TransferkitError as e:
         if a.debug:
@@ -415,23 +413,6 @@ def _internal(e: BaseException) -> int:
     msg = " ".join(str(e).split())[:300]
     print(f"error: {type(e).__name__}: {msg} ({REPORT_BUG})", file=sys.stderr)
     return 1
-
-
-@contextmanager
-def _sigterm_raises():
-    """SIGTERM stops the command as Ctrl-C does (a fit keeps its last checkpoint), raising
-    :class:`~transferkit.errors.Terminated`; the exit code then says which signal it was."""
-    def handler(signum, frame):
-        raise Terminated
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _interrupted(a, e: KeyboardInterrupt) -> int:
