@@ -1,5 +1,5 @@
 """The ``transferkit`` command line: fit, evaluate, predict, explain, export, report,
-episodes, rank, list, demo."""
+episodes, rank, paths, list, demo."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
+from .paths import paths_record, paths_table
 from .rank import rank, rank_table, write_rank
 from .report.explain import explain
 from .settings import meta, split_optional
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _episodes_parser(sub, common)
     _rank_parser(sub, common)
+    pa = sub.add_parser("paths", parents=[common], help="the eight paths of transfer (task x "
+                        "domain x order), an example and the command for each")
+    pa.add_argument("--json", action="store_true", help="print the map as JSON")
     ls = sub.add_parser("list", parents=[common], help="list backbones or strategies")
     ls.add_argument("what", choices=["backbones", "strategies"])
     ls.add_argument("--all", action="store_true", help="include test-only backbones")
@@ -357,6 +361,11 @@ def cmd_rank(a) -> int:
     return 0
 
 
+def cmd_paths(a) -> int:
+    print(json.dumps(paths_record(), indent=2) if a.json else paths_table())
+    return 0
+
+
 def cmd_demo(a) -> int:
     run_demo(out=a.out, cache_dir=a.cache_dir, quiet=a.quiet)
     return 0
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "episodes": cmd_episodes, "rank": cmd_rank, "list": cmd_list,
+               "episodes": cmd_episodes, "rank": cmd_rank, "paths": cmd_paths, "list": cmd_list,
                "demo": cmd_demo}[a.command]
     try:
         with api.sigterm_as_interrupt():

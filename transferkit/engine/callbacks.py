@@ -94,7 +94,7 @@ class BestEpoch(Callback):
             state.bad_epochs = 0
         elif stage.selectable:
             state.bad_epochs += 1
-        patience = state.cfg.patience
+        patience = state.cfg.early_stopping(state.criterion)
         if patience and state.bad_epochs >= patience and stage.solve is None:
             state.log(f"  early stop: no improvement of {state.criterion} in {patience} epochs")
             state.stop = True

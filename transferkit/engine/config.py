@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings, setting
+from .budget import parse_duration
 from .domain import CRITERIA
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -19,6 +20,8 @@ SCHEDULES = ("cosine", "constant", "linear")
 DEVICES = ("cpu", "cuda", "auto", "mps")
 #: the label-free criterion used when adapting to a target domain (see engine/domain.py)
 DEFAULT_DOMAIN_SELECTION = "dev"
+#: early stopping when no --patience is given (benchmarks/results/early_stopping.md)
+DEFAULT_PATIENCE = 3
 
 
 @dataclass
@@ -35,8 +38,13 @@ class TrainConfig(Settings):
     momentum: float = setting(0.9, "momentum (sgd)")
     schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: float = setting(0.0, "warm-up epochs", flag="--warmup")
-    patience: int | None = setting(None, "early stopping after N epochs without validation "
-                                   "improvement", metavar="N")
+    patience: int | None = setting(None, "early stopping after N epochs of a stage without "
+                                   "validation improvement; 0: off; default: "
+                                   f"{DEFAULT_PATIENCE} when choosing on labelled validation, "
+                                   "off with label-free domain selection", metavar="N")
+    budget: str | None = setting(None, "time budget of the fit (600, 90s, 10m, 1.5h): no epoch "
+                                 "starts that would end past it (the first always runs); "
+                                 "the best epoch so far is kept", metavar="TIME")
     label_smoothing: float = setting(0.0, "label smoothing of the classification loss, in [0, 1)")
     max_grad_norm: float | None = setting(None, "clip the gradient norm to this value")
     seed: int = setting(0, "seed of splits, initialisation and batch order")
@@ -67,8 +75,10 @@ class TrainConfig(Settings):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"--patience must be >= 1, got {self.patience}")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0 (0: no early stopping), got {self.patience}")
+        if self.budget is not None:
+            parse_duration(self.budget)
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.processes < 1:
@@ -79,6 +89,16 @@ class TrainConfig(Settings):
             raise ConfigError(f"unknown selection criterion {self.select!r}; choose auto, "
                               + ", ".join(CRITERIA))
         return self
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.budget is None else parse_duration(self.budget)
+
+    def early_stopping(self, criterion: str) -> int:
+        """Epochs without improvement that end a stage (0: never), for the run's criterion."""
+        if self.patience is not None:
+            return self.patience
+        return DEFAULT_PATIENCE if criterion == "source-val" else 0
 
     def selection(self, has_target: bool) -> str:
         if not has_target:

@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..events import Batch, Callback
 from .cache import FeatureCache
+from .budget import StageClock
 from .callbacks import (BestEpoch, Checkpoint, EpochLog, History, Progress, Timing,
                         ValidationScores)
 from .config import TrainConfig
@@ -342,7 +343,7 @@ class Trainer:
         cbs: list[Callback] = [Timing(), ValidationScores()]
         if has_target:
             cbs.append(DomainScores(self._domain))
-        cbs += [BestEpoch(), EpochLog()]
+        cbs += [BestEpoch(), EpochLog(), StageClock(self.cfg.budget_seconds)]
         if self.progress is not None:
             cbs.append(Progress(self.progress))
         if self.run_dir:
@@ -516,6 +517,30 @@ class Trainer:
                 continue
             b = next(loader)
             yield b.inputs, b.labels, mine[b.indices]
+
+    def time_per_sample(self, state: FitState, probe: int = 8) -> tuple[float, float]:
+        """``(decode_s, forward_s)`` per training sample of the current stage: the time
+        between the loader's first and second batches (its start-up left out), and one
+        forward pass of ``probe`` samples without gradients in evaluation mode (nothing in
+        the model changes).  ``(0, 0)`` in a data-parallel run or without training data."""
+        if self.processes.world > 1 or not len(state.data["train"]):
+            return 0.0, 0.0
+        batches = iter(self._live_batches(state.data["train"], state.epoch_seed))
+        inputs, labels, _ = next(batches)
+        t0 = time.perf_counter()
+        second = next(batches, None)
+        decode_s = (time.perf_counter() - t0) / len(second[1]) if second is not None else 0.0
+        k = min(probe, len(labels))
+        inputs = inputs[:k] if isinstance(inputs, torch.Tensor) else {
+            key: v[:k] for key, v in inputs.items()}
+        was_training = self.model.training
+        self.model.eval()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            self._forward(state.stage, Batch(inputs, labels[:k], None), False)
+        forward_s = (time.perf_counter() - t1) / k
+        self.model.train(was_training)
+        return decode_s, forward_s
 
     def stream(self, state: FitState, name: str):
         """An endless stream of batches of the named sample set ``name`` (labels unused),
