@@ -1103,3 +1103,15 @@ def write_all(out: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs_out"))
+
+
+@case
+def budget_not_a_duration(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(fit(data, ctx, "--budget", "tomorrow"), names=("--budget", "tomorrow", "10m"))
+
+
+@case
+def negative_patience(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(fit(data, ctx, "--patience", "-1"), names=("--patience", "-1"))
