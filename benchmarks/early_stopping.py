@@ -41,9 +41,9 @@ def cases(quick: bool) -> list[dict]:
          "args": ["--strategy", "freeze", "--epochs", "30", "--seed", str(s), "--skip-bad"]}
         for s in (0, 1, 2)]
     out += [
-        {"name": f"uci {d} minilm freeze", "data": uci / f"{d}_labelled.txt", "test": None,
+        {"name": f"uci {d} minilm freeze", "data": uci / f"{f}_labelled.txt", "test": None,
          "args": ["--backbone", "minilm", "--strategy", "freeze", "--epochs", "30"]}
-        for d in ("amazon", "yelp", "imdb")]
+        for d, f in (("amazon", "amazon_cells"), ("yelp", "yelp"), ("imdb", "imdb"))]
     out += [
         {"name": "uci yelp minilm finetune", "data": uci / "yelp_labelled.txt", "test": None,
          "args": ["--backbone", "minilm", "--strategy", "finetune", "-o", "head_epochs=2",

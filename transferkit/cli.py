@@ -1,5 +1,5 @@
 """The ``transferkit`` command line: fit, evaluate, predict, explain, export, report,
-episodes, rank, paths, list, demo."""
+episodes, rank, compare, paths, list, demo."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
+from .compare import GREY_CHOICES, compare as run_compare, table_markdown as compare_table
 from .paths import paths_record, paths_table
 from .rank import rank, rank_table, write_rank
 from .report.explain import explain
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _episodes_parser(sub, common)
     _rank_parser(sub, common)
+    _compare_parser(sub, common)
     pa = sub.add_parser("paths", parents=[common], help="the eight paths of transfer (task x "
                         "domain x order), an example and the command for each")
     pa.add_argument("--json", action="store_true", help="print the map as JSON")
@@ -143,6 +145,27 @@ def _rank_parser(sub, common) -> None:
     rk.add_argument("--cache-dir", help="feature cache folder")
     rk.add_argument("--no-cache", action="store_true", help="compute features afresh")
     rk.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
+
+
+def _compare_parser(sub, common) -> None:
+    cp = sub.add_parser("compare", parents=[common], help="the freeze-vs-fine-tune grid: every "
+                        "strategy x backbone (x colour / grey) over seeds, as a table, a plot "
+                        "and a page; finished runs are kept, so it resumes")
+    cp.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
+    cp.add_argument("--strategies", required=True, metavar="A,B,C",
+                    help="strategies separated by commas, e.g. linear,freeze,partial,finetune")
+    cp.add_argument("--backbones", metavar="A,B", help="backbones separated by commas "
+                    "(default: efficientnet_lite0 for images, minilm for text)")
+    cp.add_argument("--grayscale", default="no", choices=sorted(GREY_CHOICES),
+                    help="colour only (no), grey only (yes) or both (default no)")
+    cp.add_argument("--seeds", type=int, default=1, help="seeds per cell (default 1)")
+    cp.add_argument("--out", required=True, metavar="DIR", help="folder of the runs and tables")
+    cp.add_argument("--epochs", type=int, help="training epochs (default: fit's)")
+    cp.add_argument("--budget", metavar="TIME", help="time budget of each run (e.g. 10m)")
+    cp.add_argument("--val", help="validation data (default: carved from DATA)")
+    cp.add_argument("--test", help="test data (default: carved from DATA)")
+    cp.add_argument("--cache-dir", help="feature cache folder")
+    cp.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _episodes_parser(sub, common) -> None:
@@ -361,6 +384,20 @@ def cmd_rank(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    extra = {k: getattr(a, k) for k in ("epochs", "budget", "val", "test", "cache_dir")
+             if getattr(a, k) is not None}
+    log = (lambda s: None) if a.quiet else (lambda s: print(printable(s), file=sys.stderr))
+    record = run_compare(a.data, strategies=a.strategies, backbones=a.backbones,
+                         grayscale=a.grayscale, seeds=a.seeds, out=a.out, log=log,
+                         skip_bad=a.skip_bad, **extra)
+    print(compare_table(record["cells"]), end="")
+    if not a.quiet:
+        print(f"wrote {Path(a.out) / 'compare.md'}, compare.csv, compare.png, compare.json and "
+              f"{Path(a.out) / 'report' / 'index.html'}", file=sys.stderr)
+    return 0
+
+
 def cmd_paths(a) -> int:
     print(json.dumps(paths_record(), indent=2) if a.json else paths_table())
     return 0
@@ -384,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "episodes": cmd_episodes, "rank": cmd_rank, "paths": cmd_paths, "list": cmd_list,
+               "episodes": cmd_episodes, "rank": cmd_rank, "compare": cmd_compare, "paths": cmd_paths, "list": cmd_list,
                "demo": cmd_demo}[a.command]
     try:
         with api.sigterm_as_interrupt():
