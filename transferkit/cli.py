@@ -1,5 +1,5 @@
 """The ``transferkit`` command line: fit, evaluate, predict, explain, export, report,
-episodes, rank, compare, paths, list, demo."""
+episodes, rank, compare, advise, paths, list, demo."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
+from .advise import advice_text, advise as run_advise
 from .compare import GREY_CHOICES, compare as run_compare, table_markdown as compare_table
 from .paths import paths_record, paths_table
 from .rank import rank, rank_table, write_rank
@@ -117,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     _episodes_parser(sub, common)
     _rank_parser(sub, common)
     _compare_parser(sub, common)
+    ad = sub.add_parser("advise", parents=[common], help="place DATA in the size x similarity "
+                        "guideline and the eight-path map from measurements, and print the "
+                        "commands to run")
+    ad.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
+    ad.add_argument("--target", metavar="T", help="data of the domain the model will serve")
+    ad.add_argument("--source", metavar="S", help="another labelled data set to learn from")
+    ad.add_argument("--backbone", "-b", help="backbone to measure with (default: "
+                    "efficientnet_lite0 for images, minilm for text)")
+    ad.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ad.add_argument("--seed", type=int, default=None, help="seed of the split (default: fit's)")
+    ad.add_argument("--cache-dir", help="feature cache folder")
+    ad.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
     pa = sub.add_parser("paths", parents=[common], help="the eight paths of transfer (task x "
                         "domain x order), an example and the command for each")
     pa.add_argument("--json", action="store_true", help="print the map as JSON")
@@ -398,6 +411,13 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_advise(a) -> int:
+    record = run_advise(a.data, backbone=a.backbone, target=a.target, source=a.source,
+                        cache_dir=a.cache_dir, seed=a.seed, skip_bad=a.skip_bad)
+    print(json.dumps(record, indent=2) if a.json else advice_text(record))
+    return 0
+
+
 def cmd_paths(a) -> int:
     print(json.dumps(paths_record(), indent=2) if a.json else paths_table())
     return 0
@@ -421,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "explain": cmd_explain, "export": cmd_export, "report": cmd_report,
-               "episodes": cmd_episodes, "rank": cmd_rank, "compare": cmd_compare, "paths": cmd_paths, "list": cmd_list,
+               "episodes": cmd_episodes, "rank": cmd_rank, "compare": cmd_compare, "advise": cmd_advise, "paths": cmd_paths, "list": cmd_list,
                "demo": cmd_demo}[a.command]
     try:
         with api.sigterm_as_interrupt():
