@@ -118,18 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _episodes_parser(sub, common)
     _rank_parser(sub, common)
     _compare_parser(sub, common)
-    ad = sub.add_parser("advise", parents=[common], help="place DATA in the size x similarity "
-                        "guideline and the eight-path map from measurements, and print the "
-                        "commands to run")
-    ad.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
-    ad.add_argument("--target", metavar="T", help="data of the domain the model will serve")
-    ad.add_argument("--source", metavar="S", help="another labelled data set to learn from")
-    ad.add_argument("--backbone", "-b", help="backbone to measure with (default: "
-                    "efficientnet_lite0 for images, minilm for text)")
-    ad.add_argument("--json", action="store_true", help="print the measurements as JSON")
-    ad.add_argument("--seed", type=int, default=None, help="seed of the split (default: fit's)")
-    ad.add_argument("--cache-dir", help="feature cache folder")
-    ad.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
+    _advise_parser(sub, common)
     pa = sub.add_parser("paths", parents=[common], help="the eight paths of transfer (task x "
                         "domain x order), an example and the command for each")
     pa.add_argument("--json", action="store_true", help="print the map as JSON")
@@ -158,6 +147,21 @@ def _rank_parser(sub, common) -> None:
     rk.add_argument("--cache-dir", help="feature cache folder")
     rk.add_argument("--no-cache", action="store_true", help="compute features afresh")
     rk.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
+
+
+def _advise_parser(sub, common) -> None:
+    ad = sub.add_parser("advise", parents=[common], help="place DATA in the size x similarity "
+                        "guideline and the eight-path map from measurements, and print the "
+                        "commands to run")
+    ad.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
+    ad.add_argument("--target", metavar="T", help="data of the domain the model will serve")
+    ad.add_argument("--source", metavar="S", help="another labelled data set to learn from")
+    ad.add_argument("--backbone", "-b", help="backbone to measure with (default: "
+                    "efficientnet_lite0 for images, minilm for text)")
+    ad.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ad.add_argument("--seed", type=int, default=None, help="seed of the split (default: fit's)")
+    ad.add_argument("--cache-dir", help="feature cache folder")
+    ad.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _compare_parser(sub, common) -> None:
