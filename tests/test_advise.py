@@ -9,13 +9,14 @@ import pytest
 
 from transferkit import advise as advise_mod
 from transferkit.cli import main
+from transferkit.select.transferability import familiarity
 
 
 def test_familiarity_by_hand():
-    assert advise_mod.familiarity(np.full((3, 4), 0.25)) == pytest.approx(0.0, abs=1e-9)
-    assert advise_mod.familiarity(np.eye(4)[:2]) == pytest.approx(1.0, abs=1e-6)
+    assert familiarity(np.full((3, 4), 0.25)) == pytest.approx(0.0, abs=1e-9)
+    assert familiarity(np.eye(4)[:2]) == pytest.approx(1.0, abs=1e-6)
     half = np.array([[0.5, 0.5, 0.0, 0.0]])  # H = log 2 of log 4
-    assert advise_mod.familiarity(half) == pytest.approx(0.5, abs=1e-6)
+    assert familiarity(half) == pytest.approx(0.5, abs=1e-6)
 
 
 def _record(**kw):

@@ -4,13 +4,13 @@ size x similarity guideline, from measurements, with the commands to run.
 Measured on the training split ``fit`` would carve (cached features of the default backbone):
 
 * **size**: labelled samples per class (the median class); *small* below
-  :data:`SMALL_PER_CLASS` (hymenoptera, ~100 per class, is small: ``freeze`` 95.0 % beat
+  :data:`~transferkit.auto.SMALL_PER_CLASS` (hymenoptera, ~100 per class, is small: ``freeze`` 95.0 % beat
   ``finetune`` 93.2 %; the UCI sentiment files, ~350 per class, are not: fine-tuning gained 3
   points over a probe; ``benchmarks/results/hymenoptera_grid.md``, ``text_uci.md``);
 * **similarity to the pretraining data**: with a source classifier (the ImageNet head of the
   image backbones), its *familiarity* ``1 - H(p) / log K``, the mean confidence of its own
   predictions (hymenoptera photos: 0.77, scikit-learn's 8x8 digits: 0.2); *similar* from
-  :data:`FAMILIAR`; without one (text encoders) it is not measured and said so;
+  :data:`~transferkit.auto.FAMILIAR`; without one (text encoders) it is not measured and said so;
 * **LogME** of the default backbone (``transferkit rank``), and with ``--target`` or
   ``--source`` the **proxy A-distance** between the two data sets' features (0: the same
   distribution, 2: perfectly separable).
@@ -29,12 +29,9 @@ from .engine.inputs import InputPipeline
 from .errors import ConfigError
 from .paths import PATHS
 from .rank import training_split
-from .select.transferability import logme
+from .auto import FAMILIAR, SMALL_PER_CLASS
+from .select.transferability import familiarity, logme
 
-#: the median class below this many labelled training samples counts as small
-SMALL_PER_CLASS = 200
-#: source-classifier familiarity from which data counts as similar to the pretraining data
-FAMILIAR = 0.5
 #: proxy A-distance from which two data sets count as different domains
 FAR = 1.0
 DEFAULT_BACKBONE = {"image": "efficientnet_lite0", "text": "minilm"}
@@ -53,13 +50,6 @@ GUIDELINE = {
                              "start, which still beats random initialisation",
                              ["--strategy finetune --epochs 15", "--strategy partial"]),
 }
-
-
-def familiarity(probs: np.ndarray) -> float:
-    """``1 - mean H(p) / log K`` of source-class probabilities ``(N, K)``: 1 when the source
-    classifier is sure of every sample, 0 when its predictions are uniform."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    return float(1.0 - (-(p * np.log(p)).sum(1)).mean() / np.log(p.shape[1]))
 
 
 def _features(split, backbone: str, cache: FeatureCache):

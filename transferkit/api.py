@@ -37,6 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
 from .bundle import load_model, save_bundle
+from .auto import choose, is_auto
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
@@ -153,11 +154,16 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     t0 = time.perf_counter()
     strat, head_cfg = build_strategy(cfg)
     run_data = read_run_data(cfg, strat, rep.log)
+    cfg, auto = choose_for_auto(cfg, run_data, rep.log)
+    strat, head_cfg = build_strategy(cfg)
     run_dir = start_run(cfg, procs, resume=resume)
+    auto = auto or read_auto_record(run_dir, resume)
     phases = {"scan_s": run_data.scan_s}
     with _timed(phases, "backbone_s"):
         model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
-    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, procs, resume=resume)
+    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, procs, resume=resume,
+                              files={"auto.json": auto} if auto else None)
+    outcome.auto = auto
     outcome.timing.update(phases)
     outcome.timing["total_s"] = time.perf_counter() - t0
     if not procs.is_main:  # the main process alone writes the run
@@ -192,10 +198,30 @@ def configure(data=None, config: RunConfig | None = None,
     return cfg
 
 
+def choose_for_auto(cfg: RunConfig, run_data: "RunData", log) -> tuple[RunConfig, dict | None]:
+    """``--strategy auto``: the configuration it chose and how (else ``cfg`` and None)."""
+    if not is_auto(cfg):
+        return cfg, None
+    return choose(cfg, run_data.splits, run_data.modality,
+                  lambda name: _backbone_kwargs(cfg, name, run_data.modality), log)
+
+
+def read_auto_record(run_dir: Path, resume: bool) -> dict | None:
+    """How a resumed ``auto`` run chose (its ``auto.json``), else None."""
+    path = Path(run_dir) / "auto.json"
+    return json.loads(path.read_text()) if resume and path.is_file() else None
+
+
 def build_strategy(cfg: RunConfig):
     """The strategy with its options, and the head settings (the strategy's default head
-    when the head is left on ``auto``)."""
-    strat = get_strategy(cfg.strategy.name, **cfg.strategy.options)
+    when the head is left on ``auto``).  ``auto`` reads the data as ``linear`` does until it
+    has chosen."""
+    name, options = cfg.strategy.name, cfg.strategy.options
+    if is_auto(cfg):
+        if options:
+            raise ConfigError("--strategy auto takes no -o options (it chooses them)")
+        name = "linear"
+    strat = get_strategy(name, **options)
     head_cfg = cfg.head
     if head_cfg.kind == "auto" and strat.default_head:
         head_cfg = dataclasses.replace(head_cfg, kind=strat.default_head)
@@ -331,12 +357,13 @@ def start_run(cfg: RunConfig, procs, *, resume: bool = False) -> Path:
     return run_dir
 
 
-def run_folder_callback(cfg: RunConfig, run_dir: Path, resume: bool) -> RunFolder:
+def run_folder_callback(cfg: RunConfig, run_dir: Path, resume: bool,
+                        files: dict[str, Any] | None = None) -> RunFolder:
     """The callback that prepares ``run_dir`` and records the configuration in
     ``run_config.json`` (skipped when some data was given in memory: such a run cannot be
     replayed from a file)."""
     record = None if cfg.in_memory() else recorded_config(cfg, run_dir).to_dict()
-    return RunFolder(run_dir, record, resume=resume, overwrite=cfg.run.overwrite)
+    return RunFolder(run_dir, record, resume=resume, overwrite=cfg.run.overwrite, files=files)
 
 
 def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -371,10 +398,13 @@ class Outcome:
     test: dict[str, Any] | None
     cache: Any
     timing: dict[str, float]
+    #: how ``--strategy auto`` chose (``metrics.json`` -> ``auto``), else None
+    auto: dict[str, Any] | None = None
 
 
 def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep,
-                    procs=None, *, resume: bool = False) -> Outcome:
+                    procs=None, *, resume: bool = False,
+                    files: dict[str, Any] | None = None) -> Outcome:
     """Train through the engine (resuming from the checkpoint when asked), then score
     validation and test."""
     splits, domain = run_data.splits, run_data.domain
@@ -383,7 +413,7 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
     with rep.progress() as progress:
         trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device, processes=procs)
-        folder = [run_folder_callback(cfg, run_dir, resume)] if _is_main(procs) else []
+        folder = [run_folder_callback(cfg, run_dir, resume, files)] if _is_main(procs) else []
         with sigterm_as_interrupt():
             if domain is None:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
@@ -414,6 +444,8 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
         metrics.update(_domain_record(cfg, outcome, run_data, run_dir, log))
     if cfg.data.shots is not None:
         metrics.update(_shots_record(cfg, outcome, run_data))
+    if outcome.auto:
+        metrics["auto"] = outcome.auto
     model.eval()
     t0 = time.perf_counter()
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,

@@ -22,6 +22,7 @@ from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, print
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
 from .advise import advice_text, advise as run_advise
+from .auto import DESCRIPTION as AUTO_DESCRIPTION
 from .compare import GREY_CHOICES, compare as run_compare, table_markdown as compare_table
 from .paths import paths_record, paths_table
 from .rank import rank, rank_table, write_rank
@@ -346,6 +347,7 @@ def cmd_list(a) -> int:
     else:
         for s in list_strategies():
             print(f"{s.name:12s} {s.description}")
+        print(f"{'auto':12s} {AUTO_DESCRIPTION}")
     return 0
 
 

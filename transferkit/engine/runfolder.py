@@ -21,7 +21,7 @@ from ..io import write_json
 
 #: what a run writes into its folder (``--overwrite`` removes these and nothing else)
 RUN_FILES = ("run_config.json", "metrics.json", "history.csv", "per_class.json", "curves.png",
-             "report.html", "domain_tsne.png", "bundle", "checkpoint")
+             "report.html", "domain_tsne.png", "bundle", "checkpoint", "auto.json")
 RUN_GLOBS = ("confusion_*.csv", "confusion_*.png")
 #: any of these makes a folder a run folder
 RUN_MARKERS = ("run_config.json", "checkpoint", "metrics.json", "bundle")
@@ -67,13 +67,15 @@ def clear_run(folder: Path) -> None:
 
 class RunFolder(Callback):
     """Prepares the run folder when the fit starts: creates it (clearing the earlier run with
-    ``overwrite``) and writes ``run_config.json`` (``record``; None: data given in memory).
+    ``overwrite``) and writes ``run_config.json`` (``record``; None: data given in memory) and
+    any further JSON ``files`` (name -> content, e.g. how ``--strategy auto`` chose).
     A resumed run's folder and record are left as they are."""
 
     def __init__(self, folder: Path, record: dict[str, Any] | None, *, resume: bool = False,
-                 overwrite: bool = False):
+                 overwrite: bool = False, files: dict[str, Any] | None = None):
         self.dir = Path(folder)
         self.record = record
+        self.files = dict(files or {})
         self.resume = resume
         self.overwrite = overwrite
 
@@ -91,3 +93,5 @@ class RunFolder(Callback):
         state.log(f"run folder: {self.dir}")
         if self.record is not None:
             write_json(self.dir / "run_config.json", self.record)
+        for name, content in self.files.items():
+            write_json(self.dir / name, content)

@@ -274,3 +274,11 @@ SCORES: dict[str, Score] = {s.name: s for s in (
 def scores_for(has_source: bool) -> list[Score]:
     """The scores that apply to a backbone with (or without) source-class probabilities."""
     return [s for s in SCORES.values() if has_source or not s.needs_source]
+
+
+def familiarity(probs) -> float:
+    """``1 - mean H(p) / log K`` of source-class probabilities ``(N, K)``: 1 when the source
+    classifier is sure of every sample, 0 when its predictions are uniform (how familiar the
+    data looks to the pretrained classifier)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    return float(1.0 - (-(p * np.log(p)).sum(1)).mean() / np.log(p.shape[1]))

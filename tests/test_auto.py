@@ -1,0 +1,79 @@
+"""--strategy auto: probes, the plan from size x similarity, the record, resume, no test data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import transferkit
+from transferkit import auto
+from transferkit.api import configure, read_run_data, build_strategy
+from transferkit.cli import main
+
+from conftest import interrupt_after
+
+
+@pytest.mark.parametrize("size,similarity,strategy", [("small", "similar", "linear"),
+                                                      ("small", "different", "partial"),
+                                                      ("large", "similar", "finetune"),
+                                                      ("large", "different", "finetune")])
+def test_plan_follows_the_guideline(size, similarity, strategy):
+    assert auto.plan(size, similarity)[0] == strategy
+
+
+def test_auto_fits_chooses_and_records(image_folder, tmp_path):
+    tm = transferkit.fit(image_folder, strategy="auto", backbone="tiny-cnn", epochs=2,
+                         out=tmp_path / "r", quiet=True)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    a = m["auto"]
+    assert [c["backbone"] for c in a["candidates"]] == ["tiny-cnn"]
+    row = a["candidates"][0]
+    assert 0 <= row["probe_val_accuracy"] <= 1 and row["probe_C"] > 0
+    assert a["chosen"]["strategy"] == auto.plan(a["case"]["size"], a["case"]["similarity"])[0]
+    assert a["test_used"] is False and len(a["reasons"]) == 3
+    recorded = json.loads((tmp_path / "r" / "run_config.json").read_text())
+    assert recorded["strategy"]["name"] == a["chosen"]["strategy"]
+    assert json.loads((tmp_path / "r" / "auto.json").read_text()) == a
+    assert len(tm.predict([str(p) for p in sorted(image_folder.rglob("*.png"))[:3]])) == 3
+
+
+def test_choice_never_reads_test_data(image_folder, tmp_path):
+    cfg = configure(image_folder, None, {"strategy": "auto", "backbone": "tiny-cnn",
+                                         "cache_dir": str(tmp_path / "c")})
+    data = read_run_data(cfg, build_strategy(cfg)[0], lambda s: None)
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"test data read ({name})")
+
+        def __len__(self):
+            raise AssertionError("test data read (len)")
+
+    splits = dict(data.splits, test=Untouchable())
+    chosen, record = auto.choose(cfg, splits, data.modality, lambda n: {}, lambda s: None)
+    assert chosen.strategy.name in ("linear", "partial", "finetune")
+    assert chosen.backbone.name == "tiny-cnn" and chosen.train.budget is not None
+
+
+def test_auto_refuses_options(image_folder, tmp_path, capsys):
+    assert main(["fit", str(image_folder), "--strategy", "auto", "-o", "C=1", "--backbone",
+                 "tiny-cnn", "--out", str(tmp_path / "r")]) == 2
+    assert "takes no -o options" in capsys.readouterr().err
+
+
+def test_interrupted_auto_run_resumes_with_its_record(image_folder, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    kw = dict(strategy="auto", backbone="tiny-cnn", epochs=3, out=run, quiet=True)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        try:
+            transferkit.fit(image_folder, **kw)
+        except KeyboardInterrupt:
+            pass
+    record = json.loads((run / "auto.json").read_text())
+    if record["chosen"]["strategy"] == "linear":
+        pytest.skip("the plan was the closed-form probe: nothing to interrupt")
+    assert not (run / "metrics.json").exists()
+    transferkit.api.resume(run, quiet=True)
+    assert json.loads((run / "metrics.json").read_text())["auto"] == record
