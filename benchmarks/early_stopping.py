@@ -49,7 +49,7 @@ def cases(quick: bool) -> list[dict]:
          "args": ["--backbone", "minilm", "--strategy", "finetune", "-o", "head_epochs=2",
                   "--epochs", "8"]},
         {"name": "hymenoptera finetune", "data": hym / "train", "test": hym / "val",
-         "args": ["--strategy", "finetune", "-o", "head_epochs=2", "--epochs", "6",
+         "args": ["--strategy", "finetune", "-o", "head_epochs=2", "--epochs", "5",
                   "--skip-bad"]},
     ]
     return out[:2] if quick else out
