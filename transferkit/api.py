@@ -36,7 +36,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
-from .bundle import load_model, save_bundle
+from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
@@ -50,6 +50,7 @@ from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.trainer import Trainer
+from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
 from .io import write_json, write_text
@@ -144,6 +145,9 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
     """
     cfg = configure(data, config, settings)
+    if cfg.data.task == "detection":
+        record = None if cfg.in_memory() else recorded_config(cfg, Path(".")).to_dict()
+        return fit_detection(cfg, resume=resume, record=record)
     if cfg.run.out is not None:  # before anything is read: it only looks
         check_run_folder(cfg.run.out, resume=resume, overwrite=cfg.run.overwrite)
     procs = start_processes(cfg)
@@ -741,8 +745,11 @@ def samples_from_list(items: list, modality: str, classes: list[str], labels=Non
                    classes=list(classes), origins=origins, source="<inputs>")
 
 
-def load(path) -> TrainedModel:
-    """Load a bundle folder written by :func:`fit` or :meth:`TrainedModel.save`."""
+def load(path) -> "TrainedModel | TrainedDetector":
+    """Load a bundle folder written by :func:`fit` or :meth:`TrainedModel.save` (a
+    :class:`~transferkit.detection.run.TrainedDetector` for a detection bundle)."""
+    if bundle_task(read_config(path)) == "detection":
+        return load_detector(path)
     model, strategy, cfg = load_model(path)
     tm = TrainedModel(model, strategy, cfg)
     tm._touched = cfg["tensors"]
