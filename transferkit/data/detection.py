@@ -154,7 +154,8 @@ def _read_one(path: str, skip_bad: bool) -> DetectionSamples:
 
 def _load_json(path: str) -> dict:
     try:
-        raw = open(path, "rb").read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     if not raw.strip():
@@ -289,13 +290,21 @@ def image_size(path: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- YOLO
 
+def _text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__})") from None
+
+
 def yolo_classes(folder: str) -> list[str]:
     """The class-name list of a YOLO folder (see the module's notes)."""
     for where in (folder, os.path.dirname(os.path.abspath(folder))):
         for name in CLASS_LIST_NAMES:
             p = os.path.join(where, name)
             if os.path.isfile(p):
-                names = [ln.strip() for ln in open(p, encoding="utf-8-sig").read().splitlines()]
+                names = [ln.strip() for ln in _text(p).splitlines()]
                 names = [n for n in names if n]
                 if not names:
                     raise DataError(f"{p}: empty class-name list")
@@ -313,8 +322,8 @@ def _yaml_names(path: str) -> list[str]:
     import yaml
 
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.safe_load(_text(path))
+    except yaml.YAMLError as e:
         raise DataError(f"{path}: cannot read ({type(e).__name__})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
@@ -351,10 +360,7 @@ def read_yolo(folder: str | os.PathLike, *, skip_bad: bool = False) -> Detection
 def _yolo_labels(path: str, size, n_classes: int, bad: _Problems):
     if not os.path.exists(path):
         return _as_boxes([]), np.zeros(0, np.int64)
-    try:
-        text = open(path, encoding="utf-8-sig").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({type(e).__name__})") from None
+    text = _text(path)
     boxes, labels = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
