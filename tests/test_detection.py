@@ -268,3 +268,14 @@ def test_digit_canvas_generator_writes_matching_coco_and_yolo(tmp_path):
     for a, b in zip(coco.boxes, splits["train"].boxes):
         np.testing.assert_allclose(a, b, atol=0.01)
         assert 1 <= len(a) <= 4
+
+
+def test_lora_adapters_reach_the_detection_bundle(shapes, tmp_path):
+    out = tmp_path / "lora"
+    assert _fit(shapes, out, "--strategy", "lora", "--epochs", "1") == 0
+    cfg = json.loads((out / "bundle" / "config.json").read_text())
+    assert any("lora_A" in t for t in cfg["tensors"])
+    tm = api.load(out / "bundle")
+    item = [str(shapes / "images" / "s002.png")]
+    np.testing.assert_array_equal(tm.predict(item)[0]["scores"],
+                                  api.load(out / "bundle").predict(item)[0]["scores"])
