@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 from transferkit import api
 from transferkit.backbones import build_backbone
 from transferkit.cli import main
-from transferkit.data.detection import read_coco, read_detection, read_yolo, split_detection
+from transferkit.data.detection import (load_images, read_coco, read_detection, read_yolo,
+                                        scaled_boxes, split_detection)
 from transferkit.detection.metrics import detection_metrics
 from transferkit.detection.model import DetectionHeadConfig, build_detector
 from transferkit.errors import ConfigError, DataError
@@ -106,6 +107,24 @@ def test_coco_skip_bad_keeps_the_good_boxes(tmp_path):
         read_coco(root / "coco.json")
     s = read_coco(root / "coco.json", skip_bad=True)
     assert s.n_boxes == good and "dropped 3 bad box(es)" in s.notes[0]
+
+
+def test_images_of_any_size_and_mode_decode_to_one_square(tmp_path):
+    modes = [("L", (30, 20)), ("RGBA", (64, 64)), ("P", (17, 41)), ("I;16", (40, 30))]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    for i, (mode, size) in enumerate(modes):
+        im = (Image.fromarray(np.full(size[::-1], 3000, np.uint16)) if mode == "I;16"
+              else Image.new("RGB", size, (90, 20, 200)).convert(mode))
+        im.save(tmp_path / f"m{i}.png")
+        coco["images"].append({"id": i, "file_name": f"m{i}.png"})
+        coco["annotations"].append({"id": i, "image_id": i, "category_id": 1,
+                                    "bbox": [1, 2, size[0] - 2, size[1] - 3]})
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    s = read_coco(tmp_path / "a.json")
+    kept, images = load_images(s, 32)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and len(kept) == 4
+    scaled = scaled_boxes(kept, 32)
+    np.testing.assert_allclose(scaled[0][0], [32 / 30, 3.2, 32 * 29 / 30, 32 * 19 / 20], rtol=1e-5)
 
 
 def test_seeded_split_is_disjoint_and_repeatable(shapes):

@@ -1168,6 +1168,13 @@ def detection_neither_coco_nor_yolo(ctx):
 
 
 @case
+def detection_image_file_missing(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1)])
+    (ctx.root / "c" / "im1.png").unlink()
+    return Case(detect(data, ctx), names=("im1.png", "--skip-bad"))
+
+
+@case
 def detection_with_augment(ctx):
     data = coco_set(ctx.root / "c", [coco_ann(1)])
     return Case(detect(data, ctx, "--augment"), names=("--task detection does not take --augment",))
