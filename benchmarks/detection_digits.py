@@ -116,12 +116,39 @@ def run_one(label: str) -> dict:
             "per_class_test_ap50": {c: r["ap50"] for c, r in m["per_class"]["test"].items()}}
 
 
+def unfinished(label: str) -> dict | None:
+    """What the run folder of a run that was stopped before its end says: its epochs so far
+    (validation figures only: test is scored when a run ends)."""
+    backbone, strategy = RUN_SPECS[label]
+    hist_path = RUNS / common.run_key({"label": label, "args": backbone + strategy}) / "history.csv"
+    if not hist_path.exists():
+        return None
+    with open(hist_path) as f:
+        hist = list(csv.DictReader(f))
+    if not hist:
+        return None
+    best = max(hist, key=lambda h: (float(h["val_map50"]), float(h["val_map"])))
+    per_stage: dict[str, list[float]] = {}
+    for h in hist:
+        per_stage.setdefault(h["stage"], []).append(float(h["seconds"]))
+    return {"label": label + f" (stopped after epoch {hist[-1]['epoch']} of its plan)",
+            "args": " ".join(backbone[:2] + strategy),
+            "val_map50": float(best["val_map50"]), "val_map": float(best["val_map"]),
+            "test_map50": None, "test_map": None, "best": f"{best['stage']} {best['epoch']}",
+            "epoch_s": {k: round(sum(v) / len(v), 1) for k, v in per_stage.items()},
+            "features_s": None, "fit_wall_s": sum(sum(v) for v in per_stage.values()),
+            "process_wall_s": None, "cpu_s": None, "trainable": None,
+            "per_class_test_ap50": None}
+
+
 def report(rows: list[dict]) -> None:
-    table = [{"run": r["label"], "val mAP50": r["val_map50"], "test mAP50": r["test_map50"],
-              "test mAP": r["test_map"], "best epoch": r["best"],
+    nd = "not scored"
+    table = [{"run": r["label"], "val mAP50": r["val_map50"],
+              "test mAP50": nd if r["test_map50"] is None else r["test_map50"],
+              "test mAP": nd if r["test_map"] is None else r["test_map"], "best epoch": r["best"],
               "s / epoch": ", ".join(f"{k} {v:g}" for k, v in r["epoch_s"].items()),
               "fit wall min": round(r["fit_wall_s"] / 60, 1),
-              "cpu min": round(r["cpu_s"] / 60, 1),
+              "cpu min": round(r["cpu_s"] / 60, 1) if r["cpu_s"] is not None else "-",
               "trainable": r["trainable"]} for r in rows]
     notes = _notes(rows)
     common.write_table("detection_digits", table, title="Detection on digit canvases "
@@ -129,8 +156,10 @@ def report(rows: list[dict]) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6))
     labels = [r["label"] for r in rows]
-    ax.barh(labels, [r["test_map50"] for r in rows], color="#4a7ab5", label="test mAP@0.5")
-    ax.barh(labels, [r["test_map"] for r in rows], color="#a8c4e5", label="test mAP@[.5:.95]")
+    ax.barh(labels, [r["test_map50"] if r["test_map50"] is not None else r["val_map50"]
+                     for r in rows], color="#4a7ab5", label="test mAP@0.5 (val where unfinished)")
+    ax.barh(labels, [r["test_map"] if r["test_map"] is not None else r["val_map"]
+                     for r in rows], color="#a8c4e5", label="mAP@[.5:.95]")
     ax.axvline(TARGET, color="grey", ls=":", label=f"target {TARGET}")
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
@@ -145,10 +174,11 @@ def _notes(rows: list[dict]) -> str:
              "per run (the shared CPU allowed no more); validation chooses the epoch, test is "
              "scored once.  mAP by pycocotools' COCOeval."]
     pre, rnd = by.get("pretrained, freeze"), by.get("random init, finetune")
-    if pre and rnd:
+    if pre and rnd and rnd["test_map50"] is not None:
         lines.append(f"Transfer gain (test mAP@0.5, pretrained frozen - random init, "
                      f"similar budget): {pre['test_map50'] - rnd['test_map50']:+.3f}.")
-    best = max(rows, key=lambda r: r["val_map50"]) if rows else None
+    done = [r for r in rows if r["test_map50"] is not None]
+    best = max(done, key=lambda r: r["val_map50"]) if done else None
     if best is not None and best["test_map50"] < TARGET:
         lines.append(f"Target mAP@0.5 >= {TARGET}: missed by {TARGET - best['test_map50']:.3f} "
                      f"(best by validation: {best['label']}, test {best['test_map50']:.3f}).")
@@ -171,6 +201,8 @@ def main() -> None:
         row = store.run(key, lambda: run_one(label), label=label, only_stored=a.report_only,
                         summary=lambda r: f"val {r['val_map50']:.3f} test {r['test_map50']:.3f} "
                                           f"cpu {r['cpu_s'] / 60:.1f} min")
+        if row is None and a.report_only:
+            row = unfinished(label)
         if row is not None:
             rows.append(common.without_key(row))
     if rows:

@@ -1169,7 +1169,7 @@ def detection_neither_coco_nor_yolo(ctx):
 
 @case
 def detection_image_file_missing(ctx):
-    data = coco_set(ctx.root / "c", [coco_ann(1)])
+    data = coco_set(ctx.root / "c", [coco_ann(1)], images=5)
     (ctx.root / "c" / "im1.png").unlink()
     return Case(detect(data, ctx), names=("im1.png", "--skip-bad"))
 
