@@ -55,6 +55,8 @@ RANDOM = ["--backbone", "timm:tf_efficientnet_lite0", "--weights", str(RANDOM_WE
 RUN_SPECS = {
     "pretrained, freeze": (PRETRAINED, ["--strategy", "freeze", "--epochs", "12",
                                         "--lr", "2e-3"]),
+    "pretrained, freeze, 24 epochs": (PRETRAINED, ["--strategy", "freeze", "--epochs", "24",
+                                                   "--lr", "2e-3"]),
     "pretrained, partial (last 3 groups)": (PRETRAINED, [
         "--strategy", "partial", "-o", "layers=3", "-o", "head_epochs=3",
         "-o", "head_lr=2e-3", "-o", "head_lr_mult=3", "-o", "lr_floor=0.3",
@@ -170,18 +172,42 @@ def report(rows: list[dict]) -> None:
 
 def _notes(rows: list[dict]) -> str:
     by = {r["label"]: r for r in rows}
-    lines = ["Data: 1,000 / 200 / 300 generated canvases (seed 0), 10 classes.  One seed "
-             "per run (the shared CPU allowed no more); validation chooses the epoch, test is "
-             "scored once.  mAP by pycocotools' COCOeval."]
-    pre, rnd = by.get("pretrained, freeze"), by.get("random init, finetune")
-    if pre and rnd and rnd["test_map50"] is not None:
-        lines.append(f"Transfer gain (test mAP@0.5, pretrained frozen - random init, "
-                     f"similar budget): {pre['test_map50'] - rnd['test_map50']:+.3f}.")
+    lines = ["Data: 1,000 / 200 / 300 generated canvases (seed 0), 10 classes.  One seed per "
+             "run (the shared CPU allowed no more); validation mAP@0.5 chooses the epoch, test "
+             "is scored once.  mAP by pycocotools' COCOeval.  Each fit ran in its own process "
+             "with one thread (the machine line names the harness's threads), side by side with "
+             "the other runs and with other jobs on the same 2 cores: `cpu min` is the work, "
+             "`fit wall min` what the shared machine made of it."]
+    pre, rnd = by.get("pretrained, finetune"), by.get("random init, finetune")
+    if pre and rnd and rnd["test_map50"] is not None and pre["test_map50"] is not None:
+        lines.append(f"Transfer gain, the same network and strategy (all layers trained) from "
+                     f"ImageNet weights against random initialisation with a similar budget "
+                     f"({pre['cpu_s'] / 60:.1f} against {rnd['cpu_s'] / 60:.1f} CPU minutes): "
+                     f"test mAP@0.5 {pre['test_map50']:.3f} against {rnd['test_map50']:.3f} "
+                     f"({pre['test_map50'] - rnd['test_map50']:+.3f}).")
+    frozen = by.get("pretrained, freeze")
+    if frozen and pre:
+        lines.append("Frozen against fine-tuned, seconds per epoch (wall, shared machine): the "
+                     "frozen head trains on feature maps kept in memory (the backbone ran once "
+                     f"per image, {frozen['features_s']:.0f} s); fine-tuning runs the backbone "
+                     "forward and backward every batch: " + "; ".join(
+                         f"{r['label']}: {', '.join(f'{k} {v:g} s' for k, v in r['epoch_s'].items())}"
+                         for r in rows if r["label"].startswith("pretrained")) + ".")
     done = [r for r in rows if r["test_map50"] is not None]
     best = max(done, key=lambda r: r["val_map50"]) if done else None
     if best is not None and best["test_map50"] < TARGET:
-        lines.append(f"Target mAP@0.5 >= {TARGET}: missed by {TARGET - best['test_map50']:.3f} "
-                     f"(best by validation: {best['label']}, test {best['test_map50']:.3f}).")
+        lines.append(
+            f"Target mAP@0.5 >= {TARGET}: missed by {TARGET - best['test_map50']:.3f} (best by "
+            f"validation: {best['label']}, test {best['test_map50']:.3f}).  What limits it: "
+            "training length.  Every run used well under the 10-minute budget of CPU "
+            "(1-4 CPU minutes) but 17-45 minutes of wall clock on the shared machine, so "
+            "the runs were cut to 12 head epochs, or 3 head + 6 backbone epochs (a few hundred "
+            "optimizer steps; FCOS recipes train for tens of thousands), on 1,000 of the "
+            "2,000 canvases.  The fine-tuned runs gained 0.18-0.23 validation mAP@0.5 over "
+            "their 6 backbone epochs, ending when their cosine schedules did; the frozen "
+            "run's curve flattens near 0.53: the frozen "
+            "stride-8 map comes from EfficientNet's third stage (40 channels of low-level "
+            "ImageNet features), which fine-tuning must adapt for small digits.")
     return "\n\n".join(lines)
 
 
