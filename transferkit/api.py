@@ -143,6 +143,10 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     target test split and the rest is the unlabelled target.
 
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
+
+    ``task="detection"``: ``data`` is a COCO ``.json`` or a YOLO folder and the run trains a
+    detector (:func:`transferkit.detection.run.fit_detection`; returns a
+    :class:`~transferkit.detection.run.TrainedDetector`).
     """
     cfg = configure(data, config, settings)
     if cfg.data.task == "detection":
