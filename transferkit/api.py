@@ -36,8 +36,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
-from .bundle import load_model, save_bundle
 from .auto import choose, is_auto
+from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
@@ -51,6 +51,7 @@ from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.trainer import Trainer
+from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
 from .io import write_json, write_text
@@ -143,8 +144,15 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     target test split and the rest is the unlabelled target.
 
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
+
+    ``task="detection"``: ``data`` is a COCO ``.json`` or a YOLO folder and the run trains a
+    detector (:func:`transferkit.detection.run.fit_detection`; returns a
+    :class:`~transferkit.detection.run.TrainedDetector`).
     """
     cfg = configure(data, config, settings)
+    if cfg.data.task == "detection":
+        record = None if cfg.in_memory() else recorded_config(cfg, Path(".")).to_dict()
+        return fit_detection(cfg, resume=resume, record=record)
     if cfg.run.out is not None:  # before anything is read: it only looks
         check_run_folder(cfg.run.out, resume=resume, overwrite=cfg.run.overwrite)
     procs = start_processes(cfg)
@@ -773,8 +781,11 @@ def samples_from_list(items: list, modality: str, classes: list[str], labels=Non
                    classes=list(classes), origins=origins, source="<inputs>")
 
 
-def load(path) -> TrainedModel:
-    """Load a bundle folder written by :func:`fit` or :meth:`TrainedModel.save`."""
+def load(path) -> "TrainedModel | TrainedDetector":
+    """Load a bundle folder written by :func:`fit` or :meth:`TrainedModel.save` (a
+    :class:`~transferkit.detection.run.TrainedDetector` for a detection bundle)."""
+    if bundle_task(read_config(path)) == "detection":
+        return load_detector(path)
     model, strategy, cfg = load_model(path)
     tm = TrainedModel(model, strategy, cfg)
     tm._touched = cfg["tensors"]

@@ -59,6 +59,12 @@ def save_bundle(path: str | Path, model, strategy, *, touched: list[str], graysc
     return path
 
 
+def bundle_task(cfg: dict[str, Any]) -> str:
+    """The task of a bundle's model (``classification`` for bundles that do not say)."""
+    task = cfg.get("task", "classification")
+    return task if isinstance(task, str) else "?"
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     cfg_path = path / "config.json"
@@ -120,9 +126,13 @@ def _check_fields(cfg: dict[str, Any], cfg_path: Path) -> None:
                           "config.json)")
 
 
-def _rebuild(cfg: dict[str, Any], path: Path):
-    """Backbone, model and strategy as the config says; a value they refuse names the
-    config file."""
+def _classifier(backbone, cfg: dict[str, Any]):
+    return build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
+
+
+def _rebuild(cfg: dict[str, Any], path: Path, build=_classifier):
+    """Backbone, model and strategy as the config says (``build(backbone, cfg)`` puts the
+    head on); a value they refuse names the config file."""
     try:
         backbone = build_from_spec(cfg["backbone"])
         if backbone.identity() != cfg["backbone_identity"]:
@@ -130,7 +140,7 @@ def _rebuild(cfg: dict[str, Any], path: Path):
                               f"trained on ({backbone.identity()} != {cfg['backbone_identity']})")
         if cfg.get("max_length") and hasattr(backbone, "max_length"):
             backbone.max_length = int(cfg["max_length"])
-        model = build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
+        model = build(backbone, cfg)
         strategy = get_strategy(cfg["strategy"]["name"], **cfg["strategy"].get("options", {}))
         strategy.check_backbone(backbone)
         strategy.attach(model)
@@ -144,14 +154,19 @@ def _rebuild(cfg: dict[str, Any], path: Path):
     return backbone, model, strategy
 
 
-def load_model(path: str | Path):
-    """Rebuild ``(model, strategy, config)`` from a bundle folder."""
+def load_model(path: str | Path, *, task: str = "classification", build=_classifier):
+    """Rebuild ``(model, strategy, config)`` from a bundle folder holding a model of
+    ``task`` (``build(backbone, cfg)`` makes the model of a task other than
+    classification)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     cfg = read_config(path)
-    backbone, model, strategy = _rebuild(cfg, path)
+    found = bundle_task(cfg)
+    if found != task:
+        raise BundleError(f"{path}: holds a {found} model, not a {task} model")
+    backbone, model, strategy = _rebuild(cfg, path, build)
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except FileNotFoundError:

@@ -16,6 +16,7 @@ from .backbones import list_backbones
 from .config import FLAT, RunConfig, SECTIONS, flat_name, leaves, load_config_file
 from .data import check_image, read_inputs
 from .demo import run_demo
+from .detection.run import draw_boxes, image_inputs
 from .engine.distributed import launch_processes
 from .episodes import describe as describe_episodes, episodes as run_episodes
 from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, printable
@@ -44,6 +45,8 @@ EXAMPLES = """examples:
   transferkit report runs/ft runs/lora runs/linear --out runs/compare
   transferkit episodes photos/ --strategy prototype --ways 2 --shots 1 --episodes 600 --out ep
   transferkit rank photos/ --backbones efficientnet_lite0,efficientnet_lite1 --out rank.json
+  transferkit fit canvases/ --task detection --strategy partial -o layers=3 --epochs 8
+  transferkit predict runs/det/bundle photo.png --draw boxes/
   transferkit list backbones
   transferkit demo
 """
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="files, a folder, a CSV, or texts with --text")
     pr.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--draw", metavar="DIR", help="detection: write each image with its boxes "
+                    "to DIR")
+    pr.add_argument("--min-score", type=float, default=0.3, help="detection: the lowest "
+                    "score a printed or drawn box has (default 0.3)")
 
     ex = sub.add_parser("explain", parents=[common], help="what a bundle's model attends to "
                         "(attention maps / rollout for ViTs, Grad-CAM for CNNs, token "
@@ -297,6 +304,8 @@ def _say_notes(s, quiet: bool) -> None:
 
 def cmd_evaluate(a) -> int:
     tm = api.load(a.bundle)
+    if getattr(tm, "task", "classification") == "detection":
+        return _evaluate_detection(tm, a)
     s = tm._samples(a.data, labelled=True)
     _say_notes(s, a.quiet)
     m = tm.evaluate(s)
@@ -310,8 +319,53 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def _evaluate_detection(tm, a) -> int:
+    m = tm.evaluate(a.data)
+    if a.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"mAP50 {m['map50']:.4f}  mAP {m['map']:.4f}  mAP75 {m['map75']:.4f}  "
+          f"AR100 {m['mar100']:.4f}  images {m['n']}  boxes {m['boxes']}")
+    print(f"{'class':20s}     AP50       AP")
+    for c, r in m["per_class"].items():
+        cells = [f"{v:8.3f}" if v is not None else "       -" for v in (r["ap50"], r["ap"])]
+        print(f"{c[:20]:20s} {cells[0]} {cells[1]}")
+    return 0
+
+
+def _predict_detection(tm, a) -> int:
+    if a.text:
+        raise ConfigError("--text: a detection model takes images")
+    items, origins = image_inputs(a.inputs)
+    preds = tm.predict(items, origins)
+    rows = []
+    for o, p in zip(origins, preds):
+        keep = [i for i, s in enumerate(p["scores"]) if s >= a.min_score]
+        rows.append({"input": o, "boxes": [
+            {"label": p["labels"][i], "score": round(float(p["scores"][i]), 4),
+             **{k: round(float(v), 2) for k, v in zip(("x0", "y0", "x1", "y1"), p["boxes"][i])}}
+            for i in keep]})
+        if a.draw:
+            draw_boxes(o, p, Path(a.draw), a.min_score)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{printable(r['input'])}\t{len(r['boxes'])} boxes")
+            for b in r["boxes"]:
+                print(f"  {b['label']}\t{b['score']:.4f}\t{b['x0']:.1f}\t{b['y0']:.1f}\t"
+                      f"{b['x1']:.1f}\t{b['y1']:.1f}")
+    if a.draw and not a.quiet:
+        print(f"wrote {len(rows)} image(s) with boxes to {a.draw}", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(a) -> int:
     tm = api.load(a.bundle)
+    if getattr(tm, "task", "classification") == "detection":
+        return _predict_detection(tm, a)
+    if a.draw:
+        raise ConfigError("--draw applies to detection models; this bundle classifies")
     if a.text:
         s = api.samples_from_list(a.inputs, "text", tm.classes)
     else:

@@ -33,6 +33,7 @@ from .version import __version__
 #: version of the run_config.json layout; 1 was the flat, unversioned file of transferkit 0.1
 FORMAT_VERSION = 2
 IN_MEMORY = "<in-memory>"
+TASKS = ("classification", "detection")
 
 
 @dataclass
@@ -51,11 +52,16 @@ class DataConfig(Settings):
     label_column: str | None = setting(None, "CSV/TSV column holding the labels")
     val_fraction: float = setting(0.15, "share of DATA carved out for validation")
     test_fraction: float = setting(0.15, "share of DATA carved out for test (without --test)")
+    task: str = setting("classification", "what to learn: classification (one label per "
+                        "sample) or detection (boxes: DATA is a COCO .json or a YOLO folder)",
+                        choices=TASKS)
     shots: int | None = setting(None, "few-shot: K labelled examples per class, seeded, from "
                                 "the training split (the rest is kept unlabelled); choices "
                                 "are made on the K shots unless --val is given", metavar="K")
 
     def validate(self) -> "DataConfig":
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose {', '.join(TASKS)}")
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"--shots {self.shots}: give 1 or more labelled examples per "
                               "class (zero-shot is not supported yet)")

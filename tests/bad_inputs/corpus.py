@@ -1061,6 +1061,132 @@ def unknown_data_format(ctx):
     return Case(fit(ctx.root / "data.xlsx", ctx), names=("data.xlsx", "unknown data format"))
 
 
+# --------------------------------------------------------------------------- detection data
+
+def coco_set(root: Path, annotations: list, *, images: int = 2, categories=((1, "a"), (2, "b"))) -> Path:
+    """A COCO file ``root/ann.json`` over ``images`` 40 x 30 PNGs."""
+    for i in range(images):
+        png(root / f"im{i}.png", size=(40, 30))
+    data = {"images": [{"id": i + 1, "file_name": f"im{i}.png", "width": 40, "height": 30}
+                       for i in range(images)],
+            "annotations": annotations,
+            "categories": [{"id": k, "name": n} for k, n in categories]}
+    (root / "ann.json").write_text(json.dumps(data))
+    return root / "ann.json"
+
+
+def coco_ann(k: int, image_id: int = 1, category_id: int = 1, bbox=(2, 3, 10, 8)) -> dict:
+    return {"id": k, "image_id": image_id, "category_id": category_id, "bbox": list(bbox)}
+
+
+def yolo_set(root: Path, lines: list[str]) -> Path:
+    """A YOLO folder: two 40 x 30 PNGs, ``lines`` as the first one's label file."""
+    for i in range(2):
+        png(root / "images" / f"im{i}.png", size=(40, 30))
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    (root / "labels" / "im0.txt").write_text("\n".join(lines) + "\n")
+    (root / "labels" / "im1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "classes.txt").write_text("a\nb\n")
+    return root
+
+
+def detect(data, ctx, *more) -> list:
+    return fit(data, ctx, "--task", "detection", *more)
+
+
+@case
+def detection_box_outside_image(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1), coco_ann(7, bbox=(35, 3, 10, 8))])
+    return Case(detect(data, ctx), names=("ann.json: annotation 1 (id 7)", "outside the 40 x 30 image"))
+
+
+@case
+def detection_box_of_zero_size(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1, bbox=(2, 3, 0, 8))])
+    return Case(detect(data, ctx), names=("ann.json: annotation 0 (id 1)", "zero or negative size"))
+
+
+@case
+def detection_box_of_negative_size(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1), coco_ann(2, bbox=(20, 3, -5, 8))])
+    return Case(detect(data, ctx), names=("annotation 1 (id 2)", "zero or negative size"))
+
+
+@case
+def detection_unknown_category(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1, category_id=9)])
+    return Case(detect(data, ctx), names=("ann.json: annotation 0 (id 1)", "unknown category_id 9"))
+
+
+@case
+def detection_annotation_for_missing_image(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1), coco_ann(2, image_id=77)])
+    return Case(detect(data, ctx), names=("annotation 1 (id 2)", "image_id 77 names no image"))
+
+
+@case
+def detection_empty_annotation_file(ctx):
+    (ctx.root / "ann.json").write_bytes(b"")
+    return Case(detect(ctx.root / "ann.json", ctx), names=("ann.json", "empty annotation file"))
+
+
+@case
+def detection_coco_without_images(ctx):
+    (ctx.root / "ann.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    return Case(detect(ctx.root / "ann.json", ctx), names=("ann.json", "empty annotation file"))
+
+
+@case
+def detection_yolo_wrong_field_count(ctx):
+    data = yolo_set(ctx.root / "y", ["0 0.5 0.5 0.2 0.2", "1 0.5 0.5 0.2"])
+    return Case(detect(data, ctx), names=("im0.txt: line 2", "expected 5 fields", "--skip-bad"))
+
+
+@case
+def detection_yolo_class_outside_list(ctx):
+    data = yolo_set(ctx.root / "y", ["4 0.5 0.5 0.2 0.2"])
+    return Case(detect(data, ctx), names=("im0.txt: line 1", "class 4 is not in the class list"))
+
+
+@case
+def detection_yolo_box_outside_image(ctx):
+    data = yolo_set(ctx.root / "y", ["0 0.95 0.5 0.3 0.2"])
+    return Case(detect(data, ctx), names=("im0.txt: line 1", "outside the 40 x 30 image"))
+
+
+@case
+def detection_yolo_without_class_list(ctx):
+    data = yolo_set(ctx.root / "y", ["0 0.5 0.5 0.2 0.2"])
+    (data / "classes.txt").unlink()
+    return Case(detect(data, ctx), names=("no class-name list",))
+
+
+@case
+def detection_neither_coco_nor_yolo(ctx):
+    image_folder(ctx.root / "d")
+    return Case(detect(ctx.root / "d", ctx), names=("not a detection data set",))
+
+
+@case
+def detection_image_file_missing(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1)], images=5)
+    (ctx.root / "c" / "im1.png").unlink()
+    return Case(detect(data, ctx), names=("im1.png", "--skip-bad"))
+
+
+@case
+def detection_with_augment(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1)])
+    return Case(detect(data, ctx, "--augment"), names=("--task detection does not take --augment",))
+
+
+@case
+def detection_draw_on_classifier(ctx):
+    img = png(ctx.root / "x.png")
+    return Case(["predict", ctx.image_bundle, img, "--draw", ctx.root / "out"],
+                names=("--draw applies to detection models",))
+
+
 # --------------------------------------------------------------------------- shared parts
 
 def make_bundles(root: Path) -> dict[str, Path]:

@@ -35,6 +35,9 @@ class or its private attributes):
   probabilities;
 * :meth:`Backbone.input_embeddings` and :meth:`Backbone.token_names`: the token embedding
   module and the names of token ids (text encoders);
+* :meth:`Backbone.feature_maps` and :meth:`Backbone.feature_map_info`: the last stages'
+  feature maps of a convolutional image backbone, with their channels and strides (what a
+  detection head reads);
 * :meth:`Backbone.save_tokenizer`: the tokenizer's files, for use outside transferkit (ONNX
   export);
 * :meth:`Backbone.source_head` and :meth:`Backbone.source_probabilities`: the pretrained
@@ -198,6 +201,18 @@ class Backbone(nn.Module):
         p = next(head.parameters(), None)
         x = pooled.to(p.device, p.dtype) if p is not None else pooled
         return torch.softmax(head(x).float(), dim=-1).cpu()
+
+    def feature_maps(self, x: torch.Tensor, levels: int = 3) -> list[torch.Tensor]:
+        """The feature maps ``(B, C_i, H / s_i, W / s_i)`` of the last ``levels`` stages of a
+        convolutional image backbone, input to output, each stride twice the one before
+        (what a detection head's feature pyramid reads)."""
+        raise ConfigError(f"backbone {self.name!r} gives no feature maps (detection needs a "
+                          "convolutional image backbone)")
+
+    def feature_map_info(self, levels: int = 3) -> list[tuple[int, int]]:
+        """``(channels, stride)`` of each map :meth:`feature_maps` gives."""
+        raise ConfigError(f"backbone {self.name!r} gives no feature maps (detection needs a "
+                          "convolutional image backbone)")
 
     def save_tokenizer(self, folder) -> bool:
         """Write the tokenizer's files to ``folder`` in a format other tools read (Hugging

@@ -337,6 +337,26 @@ class TimmBackbone(Backbone):
         feats = self.model.forward_features(x)
         return {"pooled": self.model.forward_head(feats, pre_logits=True)}
 
+    def _map_indices(self, levels: int) -> list[int]:
+        info = getattr(self.model, "feature_info", None)
+        if self.family != "cnn" or not info or not hasattr(self.model, "forward_intermediates"):
+            raise ConfigError(f"backbone {self.name!r} gives no feature maps (detection needs "
+                              "a convolutional timm model with feature_info)")
+        n = len(info)
+        if not 1 <= levels <= n:
+            raise ConfigError(f"backbone {self.name!r} has {n} feature stages, not {levels}")
+        return list(range(n - levels, n))
+
+    def feature_map_info(self, levels: int = 3) -> list[tuple[int, int]]:
+        info = self.model.feature_info
+        return [(int(info[i]["num_chs"]), int(info[i]["reduction"]))
+                for i in self._map_indices(levels)]
+
+    def feature_maps(self, x: torch.Tensor, levels: int = 3) -> list[torch.Tensor]:
+        return list(self.model.forward_intermediates(x, indices=self._map_indices(levels),
+                                                     intermediates_only=True,
+                                                     stop_early=True))
+
     @torch.no_grad()
     def classify_imagenet(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the original classifier (ImageNet-1k for pretrained weights)."""

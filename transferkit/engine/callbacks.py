@@ -24,7 +24,7 @@ HISTORY_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "
                    "lr", "seconds"]
 #: optional history columns, written when some epoch has them
 HISTORY_EXTRA = ["setting", "target_entropy", "dev_risk", "iw_val_accuracy",
-                 "oracle_target_accuracy"]
+                 "oracle_target_accuracy", "val_map50", "val_map"]
 
 
 def better(key, best, min_delta: float = 1e-4) -> bool:
@@ -136,7 +136,8 @@ class EpochLog(Callback):
         train_loss = record.get("train_loss")
         line = (f"  epoch {record['epoch']:3d} [{record['stage']}] "
                 + (f"train loss {train_loss:.4f}  " if train_loss is not None else "")
-                + f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}")
+                + "  ".join(f"{label} {record[key]:.4f}"
+                            for key, label in state.trainer.epoch_scores))
         if "target_entropy" in record:
             line += f"  tgt entropy {record['target_entropy']:.3f}  dev {record['dev_risk']:.3f}"
         if record.get("oracle_target_accuracy") is not None:

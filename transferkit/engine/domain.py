@@ -151,6 +151,8 @@ def selection_key(criterion: str, rec: dict[str, Any]) -> tuple[float, float]:
     """The key by which an epoch competes under ``criterion`` (higher is better)."""
     if criterion == "source-val":
         return (rec["val_accuracy"], -rec["val_loss"])
+    if criterion == "map":  # detection: mAP@0.5, then mAP@[0.5:0.95]
+        return (rec["val_map50"], rec["val_map"])
     if criterion == "iwv":
         return (rec["iw_val_accuracy"], -rec["val_loss"])
     if criterion == "dev":

@@ -177,6 +177,10 @@ class _Fire:
 
 
 class Trainer:
+    #: the validation figures of an epoch's record that the epoch log shows, with their labels
+    epoch_scores: tuple[tuple[str, str], ...] = (("val_loss", "val loss"),
+                                                 ("val_accuracy", "val acc"))
+
     def __init__(self, model: nn.Module, strategy, cfg: TrainConfig, *, run_dir: Path | None = None,
                  cache: FeatureCache | None = None, log: Callable[[str], None] = print,
                  progress=None, device=None, processes: Processes | None = None):

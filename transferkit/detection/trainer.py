@@ -1,0 +1,192 @@
+"""The engine's loop, run for detection: :class:`DetectionTrainer` is the engine's
+:class:`~transferkit.engine.trainer.Trainer` with the detection task's batches (images and
+their boxes), loss (the head's FCOS terms plus every loss term a callback adds) and
+scores (COCO mAP on validation after every epoch, the selection key).  Stages, epochs,
+optimizers, schedules, best-epoch selection, early stopping, history and checkpoints are
+the engine's own.
+
+While a stage keeps the backbone frozen, the backbone's feature maps of every image are
+computed once and kept in memory (no augmentation varies them); they are recomputed after
+a stage that trains the backbone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..events import Batch, Callback
+from ..engine.callbacks import ValidationScores
+from ..engine.trainer import Trainer
+from .metrics import detection_metrics
+from .model import normalise
+
+#: keep feature maps in memory up to this many bytes per image set (else run the backbone)
+MAP_MEMORY_LIMIT = 2 * 1024**3
+
+
+@dataclass
+class ImageSet:
+    """A split ready for the loop: its samples, every image decoded and resized once
+    (``(N, S, S, 3)`` uint8), and the boxes scaled to the ``S`` x ``S`` square."""
+
+    samples: Any
+    images: np.ndarray
+    boxes: list
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list:
+        return self.samples.labels
+
+    def targets(self, idx, device) -> list[dict[str, torch.Tensor]]:
+        return [{"boxes": torch.as_tensor(self.boxes[i], dtype=torch.float32, device=device),
+                 "labels": torch.as_tensor(self.samples.labels[i], dtype=torch.int64,
+                                           device=device)} for i in idx]
+
+
+class DetectionScores(Callback):
+    """COCO mAP of the validation split after every epoch, in the epoch's record
+    (``val_map50``, ``val_map``): what :class:`~transferkit.engine.callbacks.BestEpoch`
+    selects on (criterion ``map``)."""
+
+    def on_epoch_end(self, state, record) -> None:
+        t0 = time.perf_counter()
+        m = state.trainer.detection_scores(state.data["val"], frozen=state.stage.frozen_backbone)
+        state.val_metrics = m
+        record.update(val_map50=round(m["map50"], 6), val_map=round(m["map"], 6))
+        state.timing["eval_s"] += time.perf_counter() - t0
+
+
+class DetectionTrainer(Trainer):
+    """The engine's loop over a detection model (:class:`~.model.DetectionModel`) and
+    :class:`ImageSet` splits."""
+
+    epoch_scores = (("val_map50", "val mAP50"), ("val_map", "val mAP"))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._maps: dict[int, list[torch.Tensor] | None] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def _start(self, *args):
+        state = super()._start(*args)
+        self.select = state.criterion = "map"
+        return state
+
+    def _callbacks(self, state, resume: bool, has_target: bool) -> list[Callback]:
+        cbs = super()._callbacks(state, resume, has_target)
+        return [DetectionScores() if isinstance(cb, ValidationScores) else cb for cb in cbs]
+
+    # ------------------------------------------------------------------ feature maps
+    def _inputs(self, data: ImageSet, idx) -> torch.Tensor:
+        x = torch.from_numpy(data.images[np.asarray(idx)])
+        return normalise(x, self.model.backbone.preprocess).to(self.device)
+
+    def _kept_maps(self, data: ImageSet) -> list[torch.Tensor] | None:
+        """Every image's feature maps under the current (frozen) weights, computed once;
+        None when they would not fit in :data:`MAP_MEMORY_LIMIT`."""
+        key = id(data)
+        if key not in self._maps:
+            t0 = time.perf_counter()
+            self._maps[key] = self._compute_maps(data)
+            self.timing["features_s"] = self.timing.get("features_s", 0.0) + time.perf_counter() - t0
+        return self._maps[key]
+
+    @torch.no_grad()
+    def _compute_maps(self, data: ImageSet) -> list[torch.Tensor] | None:
+        model, bs = self.model, self.cfg.eval_batch_size
+        model.backbone.eval()
+        n = len(data)
+        first = model.maps(self._inputs(data, [0])) if n else []
+        per_image = sum(m[0].numel() * 4 for m in first)
+        if not n or per_image * n > MAP_MEMORY_LIMIT:
+            return None
+        out = [torch.empty((n, *m.shape[1:]), dtype=m.dtype) for m in first]
+        for start in range(0, n, bs):
+            idx = list(range(start, min(n, start + bs)))
+            for keep, m in zip(out, model.maps(self._inputs(data, idx))):
+                keep[start:start + len(idx)] = m.cpu()
+        return out
+
+    def _maps_of(self, data: ImageSet, idx, frozen: bool) -> list[torch.Tensor]:
+        kept = self._kept_maps(data) if frozen else None
+        if kept is not None:
+            i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            return [m[i].to(self.device) for m in kept]
+        if frozen:
+            with torch.no_grad():
+                return self.model.maps(self._inputs(data, idx))
+        return self.model.maps(self._inputs(data, idx))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_tensors(tensors)
+        if any(n.startswith("backbone.") for n in tensors):
+            self._maps.clear()
+
+    def _run_epoch(self, state, fire) -> dict[str, Any]:
+        record = super()._run_epoch(state, fire)
+        if not state.stage.frozen_backbone:
+            self._maps.clear()
+        return record
+
+    # ------------------------------------------------------------------ batches
+    def _batches(self, state):
+        train, bs = state.data["train"], self.cfg.batch_size
+        g = torch.Generator().manual_seed(state.epoch_seed)
+        order = torch.randperm(len(train), generator=g)
+        for idx in order.split(bs):
+            idx = idx.tolist()
+            yield Batch(idx, train.targets(idx, self.device), torch.as_tensor(idx))
+
+    def _batch_loss(self, batch: Batch, loss_fn, fire, state) -> torch.Tensor:
+        """The FCOS loss terms of one batch plus every loss term a callback adds."""
+        fire("on_batch_start", batch)
+        maps = self._maps_of(state.data["train"], batch.inputs, state.stage.frozen_backbone)
+        terms = self.model.head.loss(maps, batch.labels)
+        batch.outputs["loss_terms"] = terms
+        loss = sum(terms.values())
+        for extra in fire("on_batch", batch):
+            for term in (extra or {}).values():
+                loss = loss + term
+        return loss
+
+    # ------------------------------------------------------------------ scores
+    @torch.inference_mode()
+    def detect(self, data: ImageSet, *, frozen: bool = False) -> list[dict[str, np.ndarray]]:
+        """Boxes of every image of ``data`` under the current weights, in the pixels of
+        each original image."""
+        self.model.eval()
+        head, size, out = self.model.head, self.model.head.cfg.image_size, []
+        for start in range(0, len(data), self.cfg.eval_batch_size):
+            idx = list(range(start, min(len(data), start + self.cfg.eval_batch_size)))
+            for i, d in zip(idx, head.detect(self._maps_of(data, idx, frozen))):
+                out.append(to_original(d, data.samples.sizes[i], size))
+        return out
+
+    def detection_scores(self, data: ImageSet, *, frozen: bool = False) -> dict[str, Any]:
+        preds = self.detect(data, frozen=frozen)
+        s = data.samples
+        return detection_metrics(preds, list(zip(s.boxes, s.labels)), s.sizes, s.classes)
+
+    def evaluate(self, samples, *, use_cache: bool | None = None, worst: int = 0) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        m = self.detection_scores(samples, frozen=not self.features.weights_changed)
+        self.timing["eval_s"] += time.perf_counter() - t0
+        return m
+
+
+def to_original(d: dict[str, torch.Tensor], size_wh, square: int) -> dict[str, np.ndarray]:
+    """Detections in the ``square`` x ``square`` input mapped back onto the original
+    ``(width, height)`` image."""
+    w, h = size_wh
+    scale = torch.tensor([w / square, h / square, w / square, h / square])
+    return {"boxes": (d["boxes"].float().cpu() * scale).numpy(),
+            "scores": d["scores"].float().cpu().numpy(),
+            "labels": d["labels"].cpu().numpy().astype(np.int64)}
