@@ -281,3 +281,20 @@ def test_explain_command(image_folder, tmp_path, capsys):
     assert (tmp_path / "ex" / "explain.html").exists()
     code, _, err = run(["explain", tmp_path / "run" / "bundle", tmp_path / "nope.png"], capsys)
     assert_one_line_error(code, err, "nope.png")
+
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capfd):
+    """`transferkit predict ... | head`: the reader going away is no internal error."""
+    import sys
+
+    from transferkit import cli
+
+    def cut(a):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_list", cut)
+    with open(tmp_path / "out", "w") as f:
+        monkeypatch.setattr(sys, "stdout", f)
+        assert cli.main(["list", "backbones"]) == 141
+    assert "error" not in capfd.readouterr().err

@@ -515,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.debug:
             raise
         return _interrupted(a, e)
+    except BrokenPipeError:  # the reader went away (`transferkit predict ... | head`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe cut short
     except MemoryError:
         if a.debug:
             raise
