@@ -22,6 +22,7 @@ from .errors import REPORT_BUG, ConfigError, Terminated, TransferkitError, print
 from .export import OPSET, export_onnx
 from .report.compare import compare_runs, differences, read_run
 from .rank import rank, rank_table, write_rank
+from .strategies.base import get_strategy
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -214,7 +215,8 @@ def cmd_fit(a) -> int:
         return 0
     cfg = load_config_file(a.config) if a.config else RunConfig()
     cfg = cfg.updated(given_settings(a), where="command line")
-    if cfg.data.path is None:
+    if cfg.data.path is None and get_strategy(cfg.strategy.name,
+                                              **cfg.strategy.options).needs_data:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz), or --resume RUN")
     if launch_processes(cfg.train.processes, a.argv):
         return 0

@@ -123,6 +123,12 @@ class Strategy:
     #: whether the backbone's own pretrained tensors change in training: "none" (frozen;
     #: added modules may train), "some" (a named subset), "all"
     trains_backbone: ClassVar[str] = "none"
+    #: whether the strategy reads the classes' names and descriptions (``--classes``,
+    #: ``--descriptions``): the caller then sets :attr:`class_texts`, ``{class: [text, ...]}``
+    uses_class_texts: ClassVar[bool] = False
+    class_texts: dict[str, list[str]] | None = None
+    #: whether a fit needs data (a zero-shot strategy fits from the class names alone)
+    needs_data: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         self.options = self.options_cls.parse(self.name, options)
@@ -156,6 +162,11 @@ class Strategy:
         strategy without such a fit says so."""
         raise ConfigError(f"strategy {self.name!r} has no closed-form fit on features "
                           "(episodes need one: e.g. prototype or linear)")
+
+    def fit_without_data(self, model: nn.Module) -> dict[str, Any]:
+        """Set the model's tensors from the class names alone (``needs_data`` False);
+        returns figures to report."""
+        raise ConfigError(f"strategy {self.name!r} needs data to fit")
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""
