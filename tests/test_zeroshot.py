@@ -218,3 +218,67 @@ def test_hymenoptera_zero_shot_images(tmp_path):
     bees = sorted((data / "val" / "bees").iterdir())[:4]
     pred = loaded.predict([str(p) for p in ants + bees])
     assert sum(p == "ant" for p in pred[:4]) + sum(p == "bee" for p in pred[4:]) >= 7
+
+
+# ------------------------------------------------------------------ tip
+
+def test_tip_keeps_the_prior_when_the_cache_does_not_help():
+    from transferkit.strategies.tip import choose_blend
+
+    z = unit(np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]))
+    y = np.array([0, 0, 1, 1])
+    prior = np.array([[2.0, 0], [2.0, 0], [0, 2.0], [0, 2.0]])      # already right
+    alpha, beta, loo = choose_blend(prior, z, y, 2)
+    assert alpha == 0.0 and loo == 1.0
+
+
+def test_tip_blends_in_the_cache_when_it_corrects_the_prior():
+    from transferkit.strategies.tip import affinities, choose_blend, log_softmax
+
+    z = unit(np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]))
+    y = np.array([0, 0, 1, 1])
+    prior = np.array([[0.2, 0], [0, 0.2], [0, 2.0], [0, 2.0]])      # shot 1 wrong
+    alpha, beta, loo = choose_blend(prior, z, y, 2)
+    assert alpha > 0 and loo == 1.0
+    # by hand: leave-one-out cache of shot 1 holds shot 0 (same class), cos 0.98 ...
+    a = affinities(z, z, beta)
+    np.fill_diagonal(a, 0)
+    lp = log_softmax(log_softmax(prior) + alpha * a @ np.eye(2)[y])
+    assert (lp.argmax(1) == y).all()
+    # ... and the smallest alpha that does it at that beta was taken
+    smaller = [x for x in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) if x < alpha]
+    for s in smaller:
+        assert (log_softmax(prior) + s * a @ np.eye(2)[y]).argmax(1).tolist() != y.tolist()
+
+
+def test_tip_fit_bundle_and_cache(text_csv, tmp_path):
+    tm = transferkit.fit(text_csv, backbone="tiny-bert", strategy="tip", shots=4, quiet=True,
+                         out=tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())
+    assert cfg["strategy"]["options"]["cache_size"] == 8
+    assert "head.cache.keys" in cfg["tensors"]
+    info = tm.metrics["closed_form"]
+    assert info["cache_size"] == 8 and info["alpha"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    loaded = transferkit.load(tmp_path / "run" / "bundle")
+    texts = [t for t, _ in make_text_rows(3)]
+    np.testing.assert_allclose(loaded.logits(texts), tm.logits(texts), rtol=0, atol=0)
+    # the cache's keys are the unit, centred support features
+    keys = loaded.model.head.cache.keys
+    assert torch.allclose(keys.norm(dim=1), torch.ones(8), atol=1e-5)
+
+
+def test_tip_needs_data(tmp_path):
+    with pytest.raises(ConfigError, match="fit needs DATA"):
+        transferkit.fit(strategy="tip", classes="a,b", backbone="tiny-bert", out=tmp_path / "r")
+
+
+def test_episodes_accept_tip_and_zeroshot(text_csv, tmp_path):
+    from transferkit.episodes import episodes
+
+    got = {}
+    for strategy in ("zeroshot", "tip", "prototype"):
+        r = episodes(text_csv, backbone="tiny-bert", strategy=strategy, ways=2, shots=2,
+                     queries=3, episodes=5, seed=0, quiet=True, out=tmp_path / strategy)
+        got[strategy] = r["accuracy"]["mean"]
+        assert 0.0 <= got[strategy] <= 1.0 and r["strategy"] == strategy
+    assert (tmp_path / "tip" / "episodes.csv").read_text().count("\n") == 6

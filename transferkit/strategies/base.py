@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
@@ -167,6 +168,20 @@ class Strategy:
         """Set the model's tensors from the class names alone (``needs_data`` False);
         returns figures to report."""
         raise ConfigError(f"strategy {self.name!r} needs data to fit")
+
+    def prepare_features(self, model: nn.Module) -> None:
+        """Before fits on features alone (:meth:`fit_features`): ``model`` holds the backbone
+        and every class of the data (a strategy with a prior over the classes computes it
+        here)."""
+
+    def fit_features(self, x, y, n_classes: int, seed: int, unlabelled=None, classes=None):
+        """A classifier fitted on features alone: ``scores(query (M, d)) -> (M, n_classes)``.
+        ``classes``: the indices, among the data's classes, of the ``n_classes`` classes of
+        ``y`` (for a strategy with a prior over the data's classes).  By default the dense
+        layer of :meth:`solve_features`."""
+        w, b = self.solve_features(x, y, n_classes, seed, unlabelled=unlabelled)
+        w, b = np.asarray(w), np.asarray(b)
+        return lambda q: np.asarray(q) @ w.T + b
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""

@@ -169,14 +169,14 @@ class ZeroShot(Strategy):
         self.require_positive("scale", "top", "keep")
         o = self.options
         if o.mapping not in MAPPINGS:
-            raise ConfigError(f"zeroshot: mapping must be one of {', '.join(MAPPINGS)}, got "
+            raise ConfigError(f"{self.name}: mapping must be one of {', '.join(MAPPINGS)}, got "
                               f"{o.mapping!r}")
         if o.rounds < 0 or o.keep > 1:
-            raise ConfigError("zeroshot: rounds must be >= 0 and keep in (0, 1]")
+            raise ConfigError(f"{self.name}: rounds must be >= 0 and keep in (0, 1]")
 
     def check_backbone(self, backbone) -> None:
         if backbone.modality == "image" and backbone.source_classes() is None:
-            raise ConfigError(f"zeroshot: backbone {backbone.name!r} has no ImageNet-1k "
+            raise ConfigError(f"{self.name}: backbone {backbone.name!r} has no ImageNet-1k "
                               "classifier with named classes (zero-shot images need one, e.g. "
                               "efficientnet_lite0)")
 
@@ -224,8 +224,9 @@ class ZeroShot(Strategy):
         o, texts = self.options, self.texts(model)
         embs = [embed_texts(model.backbone, model.head, t) for t in texts.values()]
         protos = class_embeddings(embs)
-        with torch.no_grad():
-            model.head.class_embeddings.copy_(torch.as_tensor(protos))
+        if hasattr(model.head, "class_embeddings"):  # attached: kept in the bundle
+            with torch.no_grad():
+                model.head.class_embeddings.copy_(torch.as_tensor(protos))
         radius = float(np.mean([np.linalg.norm(e, axis=1).mean() for e in embs]))
         info = {"descriptions": texts, "metric": "cosine", "self_train": False}
         if o.self_train and unlabelled is not None and len(unlabelled) and o.rounds:
@@ -260,6 +261,28 @@ class ZeroShot(Strategy):
             embs.append(unit(src[m]).mean(0) if m else own)
         self.embeddings = np.stack(embs)
         return o.scale * conse_map(self.embeddings, src), np.zeros(len(embs)), info
+
+    # -- fits on features alone (episodes): the zero-shot prior over the data's classes --
+    def prepare_features(self, model) -> None:
+        w, b, _ = self.head_weights(model)
+        self._prior = (model.backbone, w, b)
+
+    def prior_logits(self, pooled) -> np.ndarray:
+        """Zero-shot logits ``(N, K)`` over the prepared classes of pooled backbone features
+        ``(N, D)`` (as the feature cache holds them)."""
+        prior = getattr(self, "_prior", None)
+        if prior is None:
+            raise ConfigError(f"{self.name}: prepare_features(model) first")
+        backbone, w, b = prior
+        x = np.asarray(pooled, np.float64)
+        if backbone.modality == "image":
+            p = backbone.source_probabilities(torch.as_tensor(x, dtype=torch.float32))
+            x = top_probabilities(p, self.options.top).double().numpy()
+        return x @ w.T + b
+
+    def fit_features(self, x, y, n_classes: int, seed: int, unlabelled=None, classes=None):
+        cls = np.arange(n_classes) if classes is None else np.asarray(classes)
+        return lambda q: self.prior_logits(q)[:, cls]
 
     def save_extra(self, model, bundle_dir) -> None:
         if self.class_texts is not None:
