@@ -210,7 +210,7 @@ class RunConfig:
         for s in SECTIONS:
             getattr(self, s).validate()
         if self.data.shots == 0 and self.strategy.name != "zeroshot":
-            raise ConfigError(f"--shots 0 means no labelled example: it needs --strategy "
+            raise ConfigError(f"--shots 0 (zero-shot: no labelled example) needs --strategy "
                               f"zeroshot, not {self.strategy.name!r}")
         return self
 

@@ -2,7 +2,8 @@
 
 Text: a class is the mean embedding of its descriptions (``--descriptions FILE``: JSON,
 class -> description(s), ``{label}`` templates; else the class name), and an input goes to
-the class whose embedding is nearest by cosine.  With ``-o self_train=true`` the class
+the class whose embedding is nearest by cosine.  With ``-o centre=true`` the mean of the
+unlabelled inputs (the training split) is subtracted from an input first.  With ``-o self_train=true`` the class
 embeddings are re-centred on the unlabelled inputs (the training split, its labels never
 read): each round assigns every input to its nearest class and moves each class embedding
 to the mean of its most confident inputs (a transductive step; the descriptions' embedding
@@ -51,13 +52,16 @@ SOURCE_CLASSES = 1000
 class ZeroShotOptions(Options):
     #: logits are about ``scale`` times the cosine similarities (probabilities' sharpness)
     scale: float = 20.0
+    #: text: subtract the mean of the unlabelled inputs (the training split) before the
+    #: cosine (a transductive step; no label read)
+    centre: bool = False
     #: text: re-centre the class embeddings on the unlabelled inputs (the training split)
     self_train: bool = False
     #: text, self-training: rounds of assigning inputs and re-centring
-    rounds: int = 5
+    rounds: int = 3
     #: text, self-training: share of each class's inputs (the most confident) it is
     #: re-centred on
-    keep: float = 0.5
+    keep: float = 1.0
     #: images: how classes map to ImageNet classes: auto, direct, conse
     mapping: str = "auto"
     #: images: how many of the top ImageNet classes an image's embedding combines (ConSE's T)
@@ -201,7 +205,8 @@ class ZeroShot(Strategy):
     def solve(self, state) -> Solution:
         model = state.model
         unlabelled = None
-        if model.backbone.modality == "text" and self.options.self_train and state.has("train"):
+        o = self.options
+        if model.backbone.modality == "text" and (o.self_train or o.centre) and state.has("train"):
             # the training split's inputs, their labels never read
             unlabelled = state.features("train").double().numpy()
         w, b, info = self.head_weights(model, unlabelled)
@@ -228,14 +233,21 @@ class ZeroShot(Strategy):
             with torch.no_grad():
                 model.head.class_embeddings.copy_(torch.as_tensor(protos))
         radius = float(np.mean([np.linalg.norm(e, axis=1).mean() for e in embs]))
-        info = {"descriptions": texts, "metric": "cosine", "self_train": False}
-        if o.self_train and unlabelled is not None and len(unlabelled) and o.rounds:
-            protos = self_train(protos, unlabelled, o.rounds, o.keep)
-            radius = float(np.linalg.norm(unlabelled, axis=1).mean())
+        info = {"descriptions": texts, "metric": "cosine", "self_train": False,
+                "centre": False}
+        has_pool = unlabelled is not None and len(unlabelled) > 0
+        centre = np.zeros(protos.shape[1])
+        if o.centre and has_pool:
+            centre = unlabelled.mean(0)
+            radius = float(np.linalg.norm(unlabelled - centre, axis=1).mean())
+            info.update(centre=True, unlabelled_used=len(unlabelled))
+        if o.self_train and has_pool and o.rounds:
+            protos = self_train(protos, unlabelled - centre, o.rounds, o.keep)
+            radius = float(np.linalg.norm(unlabelled - centre, axis=1).mean())
             info.update(self_train=True, unlabelled_used=len(unlabelled), rounds=o.rounds,
                         keep=o.keep)
         w, b = text_head(protos, radius, o.scale)
-        return w, b, info
+        return w, b - w @ centre, info
 
     def _image_weights(self, model):
         o, texts = self.options, self.texts(model)
