@@ -235,12 +235,16 @@ def test_tip_keeps_the_prior_when_the_cache_does_not_help():
 def test_tip_blends_in_the_cache_when_it_corrects_the_prior():
     from transferkit.strategies.tip import affinities, choose_blend, log_softmax
 
-    z = unit(np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]))
-    y = np.array([0, 0, 1, 1])
-    prior = np.array([[0.2, 0], [0, 0.2], [0, 2.0], [0, 2.0]])      # shot 1 wrong
+    z = unit(np.array([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [-1.0, 0.1], [-1.0, -0.1]]))
+    y = np.array([0, 0, 0, 1, 1])
+    prior = np.array([[0.2, 0], [0, 0.2], [0, 0.2], [0, 2.0], [0, 2.0]])   # shots 1, 2 wrong
     alpha, beta, loo = choose_blend(prior, z, y, 2)
     assert alpha > 0 and loo == 1.0
-    # by hand: leave-one-out cache of shot 1 holds shot 0 (same class), cos 0.98 ...
+    # one shot corrected is not enough to give up the prior alone
+    one_wrong = prior.copy()
+    one_wrong[2] = [0.2, 0]
+    assert choose_blend(one_wrong, z, y, 2)[0] == 0.0
+    # by hand: leave-one-out caches of shots 1, 2 hold the other class-0 shots ...
     a = affinities(z, z, beta)
     np.fill_diagonal(a, 0)
     lp = log_softmax(log_softmax(prior) + alpha * a @ np.eye(2)[y])
@@ -249,6 +253,7 @@ def test_tip_blends_in_the_cache_when_it_corrects_the_prior():
     smaller = [x for x in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) if x < alpha]
     for s in smaller:
         assert (log_softmax(prior) + s * a @ np.eye(2)[y]).argmax(1).tolist() != y.tolist()
+    assert loo == 1.0
 
 
 def test_tip_fit_bundle_and_cache(text_csv, tmp_path):

@@ -11,9 +11,10 @@ ImageNet head mapped to the classes), the keys ``k_i`` the support (training) fe
 (the sharpness of the affinities) are chosen on the K shots themselves, by leave-one-out:
 each shot is scored by the prior and the cache of the other shots, over a small grid; the
 best leave-one-out accuracy wins, then the smaller ``alpha``, then the lowest leave-one-out
-loss (so the prior alone is kept unless the cache corrects some shot the prior gets wrong;
-with one shot per class, leave-one-out leaves a class without keys and the cache rarely
-helps).  Nothing trains; the bundle holds the cache
+loss; a cache (``alpha > 0``) must get at least ``MIN_GAIN`` (2) more shots right than the
+prior alone, one shot's gain being within the noise of leave-one-out on a few shots (so the
+prior alone is kept unless the cache corrects shots the prior gets wrong; with one shot per
+class, leave-one-out leaves a class without keys and the cache rarely helps).  Nothing trains; the bundle holds the cache
 (keys, labels, mean), the prior's map and the two weights.
 """
 
@@ -32,6 +33,8 @@ from .zeroshot import SOURCE_CLASSES, ZeroShot, ZeroShotOptions, top_probabiliti
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 BETAS = (1.0, 2.0, 5.0, 10.0)
+#: how many more shots the cache must get right (leave-one-out) than the prior alone
+MIN_GAIN = 2
 
 
 @dataclass
@@ -60,6 +63,7 @@ def choose_blend(prior: np.ndarray, z: np.ndarray, y: np.ndarray, n_classes: int
     """``(alpha, beta, leave-one-out accuracy)`` on the shots: ``prior`` their prior logits,
     ``z`` their unit centred features, ``y`` their labels."""
     logp, onehot = log_softmax(prior), np.eye(n_classes)[y]
+    base = float((logp.argmax(1) == y).mean())
     best, chosen = None, (0.0, betas[0], 0.0)
     for beta in betas:
         a = affinities(z, z, beta)
@@ -68,6 +72,10 @@ def choose_blend(prior: np.ndarray, z: np.ndarray, y: np.ndarray, n_classes: int
         for alpha in sorted(alphas):
             lp = log_softmax(logp + alpha * cache)
             acc = float((lp.argmax(1) == y).mean())
+            # the cache must correct more than one shot over the prior alone (alpha 0):
+            # one shot's gain is within the noise of leave-one-out on a few shots
+            if alpha > 0 and acc * len(y) < base * len(y) + MIN_GAIN - 1e-9:
+                continue
             key = (acc, -alpha, float(lp[np.arange(len(y)), y].mean()))
             if best is None or key > best:
                 best, chosen = key, (float(alpha), float(beta), acc)
