@@ -287,3 +287,15 @@ def test_episodes_accept_tip_and_zeroshot(text_csv, tmp_path):
         got[strategy] = r["accuracy"]["mean"]
         assert 0.0 <= got[strategy] <= 1.0 and r["strategy"] == strategy
     assert (tmp_path / "tip" / "episodes.csv").read_text().count("\n") == 6
+
+
+@pytest.mark.parametrize("strategy", ["zeroshot", "tip"])
+def test_transfer_classifier(strategy):
+    from transferkit.api import TransferClassifier
+
+    rows = make_text_rows(8)
+    X, y = [t for t, _ in rows], [label for _, label in rows]
+    clf = TransferClassifier(backbone="tiny-bert", strategy=strategy).fit(X, y)
+    assert set(clf.predict(X[:4])) <= {"neg", "pos"}
+    assert clf.predict_proba(X[:4]).shape == (4, 2)
+    assert 0.0 <= clf.score(X, y) <= 1.0
