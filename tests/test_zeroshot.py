@@ -299,3 +299,16 @@ def test_transfer_classifier(strategy):
     assert set(clf.predict(X[:4])) <= {"neg", "pos"}
     assert clf.predict_proba(X[:4]).shape == (4, 2)
     assert 0.0 <= clf.score(X, y) <= 1.0
+
+
+def test_centre_subtracts_the_unlabelled_mean(text_csv, tmp_path):
+    from transferkit.data import read_data, resolve_splits
+
+    splits = resolve_splits(read_data(text_csv), seed=0)
+    tm = _fit_text(splits["train"], tmp_path, "c", val=splits["val"], options={"centre": True})
+    assert tm.metrics["closed_form"]["centre"] is True
+    w = tm.model.head.fc.weight.detach().double().numpy()
+    b = tm.model.head.fc.bias.detach().double().numpy()
+    emb = tm.model.backbone(tm.model.backbone.tokenize(list(splits["train"].items)))["pooled"]
+    m = emb.detach().double().numpy().mean(0)
+    assert np.allclose(b, -(w @ m), atol=1e-4)   # logits = w . (x - mean of the inputs)
