@@ -40,6 +40,7 @@ from .auto import choose, is_auto
 from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
+from .data.descriptions import class_texts, parse_class_names
 from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
                    read_inputs, resolve_splits, stratified_split)
 from .data.images import check_split_images, open_image
@@ -161,9 +162,12 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
         rep.log(f"processes: {procs.world}, data-parallel ({procs.describe()})")
     t0 = time.perf_counter()
     strat, head_cfg = build_strategy(cfg)
+    if cfg.data.path is None:
+        return fit_from_names(cfg, strat, head_cfg, procs, rep.log)
     run_data = read_run_data(cfg, strat, rep.log)
     cfg, auto = choose_for_auto(cfg, run_data, rep.log)
     strat, head_cfg = build_strategy(cfg)
+    give_class_texts(cfg, strat, run_data.classes)
     run_dir = start_run(cfg, procs, resume=resume)
     auto = auto or read_auto_record(run_dir, resume)
     phases = {"scan_s": run_data.scan_s}
@@ -201,7 +205,8 @@ def configure(data=None, config: RunConfig | None = None,
     cfg = (config or RunConfig()).updated(settings or {}, where="fit")
     if data is not None:
         cfg = cfg.updated({"data": {"path": data}}, where="fit")
-    if cfg.data.path is None:
+    if cfg.data.path is None and get_strategy(cfg.strategy.name,
+                                              **cfg.strategy.options).needs_data:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz)")
     return cfg
 
@@ -234,6 +239,57 @@ def build_strategy(cfg: RunConfig):
     if head_cfg.kind == "auto" and strat.default_head:
         head_cfg = dataclasses.replace(head_cfg, kind=strat.default_head)
     return strat, head_cfg
+
+
+def give_class_texts(cfg: RunConfig, strat, data_classes: list[str] | None = None):
+    """Hand a strategy that reads them the class names and descriptions (``--classes``,
+    ``--descriptions``; with data, its label names are the classes); refuse them for any
+    other strategy.  Returns the classes."""
+    d = cfg.data
+    if not strat.uses_class_texts:
+        if d.classes is not None or d.descriptions is not None:
+            flag = "--classes" if d.classes is not None else "--descriptions"
+            raise ConfigError(f"{flag}: strategy {strat.name!r} does not read class names or "
+                              "descriptions (zeroshot and tip do)")
+        return data_classes
+    classes = parse_class_names(d.classes) if d.classes is not None else None
+    if data_classes is not None:
+        if classes is not None and set(classes) != set(data_classes):
+            raise ConfigError(f"--classes {d.classes}: the data's classes are "
+                              f"{', '.join(data_classes)}")
+        classes = list(data_classes)
+    strat.class_texts = class_texts(classes, d.descriptions)
+    return list(strat.class_texts)
+
+
+def fit_from_names(cfg: RunConfig, strat, head_cfg, procs, log) -> "TrainedModel":
+    """A model fitted from the class names alone, without data (a zero-shot strategy):
+    ``RUN/bundle`` and ``RUN/metrics.json`` (no scores: nothing to score on)."""
+    name = cfg.backbone.name
+    if name is None:
+        raise ConfigError(f"{strat.name} without DATA: name the backbone (--backbone), e.g. "
+                          "efficientnet_lite0 for images or minilm for text")
+    classes = give_class_texts(cfg, strat)
+    run_dir = start_run(cfg, procs)
+    _seed_everything(cfg.train.seed)
+    bb = build_backbone(name, **_backbone_kwargs(cfg, name, backbone_modality(name)))
+    log(f"backbone: {bb.describe()}")
+    model = build_model(bb, head_cfg, classes)
+    strat.check_backbone(bb)
+    strat.attach(model)
+    info = strat.fit_without_data(model)
+    model.eval()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    touched = sorted(n for n in model.state_dict() if n.startswith("head."))
+    save_bundle(run_dir / "bundle", model, strat, touched=touched, grayscale=cfg.train.grayscale)
+    metrics = {"val": None, "test": None, "selection": "none: fitted from the class names "
+               "alone, without data", "backbone": bb.name, "backbone_identity": bb.identity(),
+               "strategy": strat.name, "strategy_options": strat.options.to_dict(),
+               "closed_form": info, "classes": classes}
+    write_json(run_dir / "metrics.json", metrics)
+    log(f"classes: {', '.join(classes)}; bundle: {run_dir / 'bundle'}")
+    return TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=run_dir,
+                        metrics=metrics)
 
 
 @dataclass
@@ -302,7 +358,7 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
             + (f", {len(domain['labelled'])} labelled for training"
                if domain["labelled"] is not None else "")
             + (f"; target test {len(domain['test'])}" if domain["test"] is not None else ""))
-    if cfg.data.shots is not None:
+    if cfg.data.shots:
         log(f"shots: {cfg.data.shots} per class; {len(unlabelled)} training samples kept "
             "unlabelled; " + ("choices on the shots themselves" if val_is_train
                               else "choices on the validation data"))
@@ -335,7 +391,7 @@ def _resolve_splits(cfg: RunConfig, strat):
         splits = resolve_splits(given, val=_as_splits(d.val, columns),
                                 test=_as_splits(test, columns), val_fraction=d.val_fraction,
                                 test_fraction=d.test_fraction, seed=seed)
-        if d.shots is not None:
+        if d.shots:
             splits = few_shot_splits(splits, d.shots, seed,
                                      val_given=d.val is not None or "val" in given)
         return splits, None
@@ -450,7 +506,7 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
                               outcome.timing, outcome.cache)
     if run_data.domain is not None:
         metrics.update(_domain_record(cfg, outcome, run_data, run_dir, log))
-    if cfg.data.shots is not None:
+    if cfg.data.shots:
         metrics.update(_shots_record(cfg, outcome, run_data))
     if outcome.auto:
         metrics["auto"] = outcome.auto

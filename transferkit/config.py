@@ -59,12 +59,19 @@ class DataConfig(Settings):
                                 "the training split (the rest is kept unlabelled); choices "
                                 "are made on the K shots unless --val is given", metavar="K")
 
+    classes: str | None = setting(None, "zero-shot: the class names, comma-separated (else the "
+                                  "data's label names, or the descriptions file's)",
+                                  metavar="A,B,C")
+    descriptions: str | None = setting(None, "zero-shot / tip: JSON file mapping each class to "
+                                       "a description or a list of them ({label} templates "
+                                       "allowed)", metavar="FILE")
+
     def validate(self) -> "DataConfig":
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose {', '.join(TASKS)}")
-        if self.shots is not None and self.shots < 1:
-            raise ConfigError(f"--shots {self.shots}: give 1 or more labelled examples per "
-                              "class (zero-shot is not supported yet)")
+        if self.shots is not None and self.shots < 0:
+            raise ConfigError(f"--shots {self.shots}: give 0 (zero-shot) or more labelled "
+                              "examples per class")
         return self
 
 
@@ -208,6 +215,9 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for s in SECTIONS:
             getattr(self, s).validate()
+        if self.data.shots == 0 and self.strategy.name != "zeroshot":
+            raise ConfigError(f"--shots 0 (zero-shot: no labelled example) needs --strategy "
+                              f"zeroshot, not {self.strategy.name!r}")
         return self
 
     # -- writing -------------------------------------------------------------------------

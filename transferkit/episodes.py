@@ -41,7 +41,8 @@ def episodes(data, *, backbone: str | None = None, strategy: str = "prototype",
     rep = Reporter(quiet)
     spec = EpisodeSpec(int(ways), int(shots), int(queries), int(episodes), int(seed))
     strat = get_strategy(strategy, **(options or {}))
-    if type(strat).solve_features is Strategy.solve_features:
+    if (type(strat).solve_features is Strategy.solve_features
+            and type(strat).fit_features is Strategy.fit_features):
         strat.solve_features(None, None, 0, 0)   # raises: says the strategy cannot
     samples = concat_samples([s for s in _read(data).values() if s is not None])
     samples = check_split_images({"all": samples}, skip_bad, rep.log)["all"]
@@ -77,7 +78,9 @@ def _features(samples, backbone: str | None, strat, cache_dir, rep):
     model = build_model(bb, HeadConfig(kind="linear"), samples.classes)
     trainer = Trainer(model, strat, TrainConfig(), cache=FeatureCache(cache_dir), log=rep.log)
     rep.log(f"backbone: {bb.describe()}; features of {len(samples)} samples")
-    return trainer.split_features("all", samples).double().numpy(), bb.name
+    feats = trainer.split_features("all", samples).double().numpy()
+    strat.prepare_features(model)
+    return feats, bb.name
 
 
 def describe(record: dict[str, Any]) -> str:

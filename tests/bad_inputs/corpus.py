@@ -1187,6 +1187,91 @@ def detection_draw_on_classifier(ctx):
                 names=("--draw applies to detection models",))
 
 
+# --------------------------------------------------------------------------- zero-shot
+
+def zeroshot_names(ctx: Context, *extra) -> list:
+    """A zero-shot fit from class names alone (no data) on the tiny text backbone."""
+    return ["fit", "--strategy", "zeroshot", "--backbone", "tiny-wordvec", "--out",
+            ctx.root / "run", "-q", *extra]
+
+
+def descriptions_file(ctx: Context, content) -> Path:
+    path = ctx.root / "descriptions.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+@case
+def zero_shots_without_zeroshot(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(fit_text(data, ctx, "--shots", "0"), names=("--shots 0", "zeroshot"))
+
+
+@case
+def zeroshot_duplicate_class_names(ctx):
+    return Case(zeroshot_names(ctx, "--classes", "neg,pos,neg"), names=("--classes", "'neg'",
+                                                                         "twice"))
+
+
+@case
+def zeroshot_empty_class_name(ctx):
+    return Case(zeroshot_names(ctx, "--classes", "neg,,pos"), names=("--classes", "empty"))
+
+
+@case
+def zeroshot_without_classes(ctx):
+    return Case(zeroshot_names(ctx), names=("zero-shot needs classes", "--classes"))
+
+
+@case
+def descriptions_miss_a_class(ctx):
+    path = descriptions_file(ctx, {"neg": "This is bad."})
+    return Case(zeroshot_names(ctx, "--classes", "neg,pos", "--descriptions", path),
+                names=("descriptions.json", "no description for class 'pos'"))
+
+
+@case
+def descriptions_name_an_unknown_class(ctx):
+    path = descriptions_file(ctx, {"neg": "bad", "pos": "good", "meh": "so-so"})
+    return Case(zeroshot_names(ctx, "--classes", "neg,pos", "--descriptions", path),
+                names=("descriptions.json", "'meh'", "not a class"))
+
+
+@case
+def descriptions_not_json(ctx):
+    path = descriptions_file(ctx, "{neg: bad")
+    return Case(zeroshot_names(ctx, "--descriptions", path),
+                names=("descriptions.json", "not a readable JSON file"))
+
+
+@case
+def descriptions_for_a_data_set_miss_a_class(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    path = descriptions_file(ctx, {"pos": "good"})
+    return Case(fit_text(data, ctx, "--strategy", "zeroshot", "--descriptions", path),
+                names=("descriptions.json", "'neg'"))
+
+
+@case
+def descriptions_with_a_trained_strategy(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    path = descriptions_file(ctx, {"neg": "bad", "pos": "good"})
+    return Case(fit_text(data, ctx, "--descriptions", path),
+                names=("--descriptions", "'freeze'", "does not read"))
+
+
+@case
+def zeroshot_images_on_a_backbone_without_imagenet_names(ctx):
+    return Case(["fit", "--strategy", "zeroshot", "--backbone", "tiny-cnn", "--classes",
+                 "cat,dog", "--out", ctx.root / "run", "-q"], names=("tiny-cnn", "ImageNet"))
+
+
+@case
+def zeroshot_without_data_or_backbone(ctx):
+    return Case(["fit", "--strategy", "zeroshot", "--classes", "cat,dog", "--out",
+                 ctx.root / "run", "-q"], names=("--backbone",))
+
+
 # --------------------------------------------------------------------------- shared parts
 
 def make_bundles(root: Path) -> dict[str, Path]:

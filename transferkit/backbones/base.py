@@ -191,6 +191,27 @@ class Backbone(nn.Module):
         encoders, word vectors, headless weights)."""
         return None
 
+    def source_classes(self) -> tuple | None:
+        """The names of the source classes :meth:`source_head` scores, in its order (a
+        :class:`~transferkit.backbones.imagenet.SourceClass` each: WordNet lemmas and gloss),
+        or ``None`` when they are not known (no head, or not an ImageNet-1k head)."""
+        head = self.source_head()
+        if head is None or getattr(head, "out_features", None) != 1000:
+            return None
+        from .imagenet import imagenet_classes
+
+        return imagenet_classes()
+
+    def source_matches(self, name: str) -> list[int]:
+        """Indices of the source classes a class named ``name`` stands for (its WordNet
+        lemmas; or the kinds of it, e.g. every dog breed for ``dog``); empty when none."""
+        classes = self.source_classes()
+        if classes is None:
+            return []
+        from .imagenet import matching_classes
+
+        return matching_classes(name, classes)
+
     @torch.no_grad()
     def source_probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
         """Softmax over the source classes ``(B, Z)`` of ``pooled`` features ``(B, D)`` (as

@@ -1,8 +1,9 @@
 """Episodic few-shot evaluation on precomputed features.
 
 An episode draws ``ways`` classes, then ``shots`` support and ``queries`` query samples of
-each (disjoint); the strategy fits a dense layer on the support features alone
-(:meth:`~transferkit.strategies.base.Strategy.solve_features`) and is scored on the queries.
+each (disjoint); the strategy fits a classifier on the support features alone
+(:meth:`~transferkit.strategies.base.Strategy.fit_features`: by default the dense layer of
+``solve_features``) and is scored on the queries.
 The features of the whole pool are offered to the fit as unlabelled data (their labels are
 never passed; a strategy may use them, e.g. ``prototype -o centre=all`` to centre by them).
 Everything is seeded: episode ``i`` draws from its own generator seeded ``(seed, i)``, so an
@@ -74,9 +75,9 @@ def run_episodes(features: np.ndarray, labels: np.ndarray, classes: list[str], s
     for i in range(spec.episodes):
         chosen, support, query = sample_episode(labels, eligible, spec, i)
         y_s, y_q = np.repeat(within, spec.shots), np.repeat(within, spec.queries)
-        w, b = strategy.solve_features(features[support], y_s, spec.ways, spec.seed + i,
-                                       unlabelled=features)
-        pred = (features[query] @ np.asarray(w).T + np.asarray(b)).argmax(1)
+        scores = strategy.fit_features(features[support], y_s, spec.ways, spec.seed + i,
+                                       unlabelled=features, classes=chosen)
+        pred = np.asarray(scores(features[query])).argmax(1)
         rows.append({"episode": i, "accuracy": float((pred == y_q).mean()),
                      "classes": [classes[c] for c in chosen]})
     return rows

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
@@ -123,6 +124,12 @@ class Strategy:
     #: whether the backbone's own pretrained tensors change in training: "none" (frozen;
     #: added modules may train), "some" (a named subset), "all"
     trains_backbone: ClassVar[str] = "none"
+    #: whether the strategy reads the classes' names and descriptions (``--classes``,
+    #: ``--descriptions``): the caller then sets :attr:`class_texts`, ``{class: [text, ...]}``
+    uses_class_texts: ClassVar[bool] = False
+    class_texts: dict[str, list[str]] | None = None
+    #: whether a fit needs data (a zero-shot strategy fits from the class names alone)
+    needs_data: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         self.options = self.options_cls.parse(self.name, options)
@@ -156,6 +163,25 @@ class Strategy:
         strategy without such a fit says so."""
         raise ConfigError(f"strategy {self.name!r} has no closed-form fit on features "
                           "(episodes need one: e.g. prototype or linear)")
+
+    def fit_without_data(self, model: nn.Module) -> dict[str, Any]:
+        """Set the model's tensors from the class names alone (``needs_data`` False);
+        returns figures to report."""
+        raise ConfigError(f"strategy {self.name!r} needs data to fit")
+
+    def prepare_features(self, model: nn.Module) -> None:
+        """Before fits on features alone (:meth:`fit_features`): ``model`` holds the backbone
+        and every class of the data (a strategy with a prior over the classes computes it
+        here)."""
+
+    def fit_features(self, x, y, n_classes: int, seed: int, unlabelled=None, classes=None):
+        """A classifier fitted on features alone: ``scores(query (M, d)) -> (M, n_classes)``.
+        ``classes``: the indices, among the data's classes, of the ``n_classes`` classes of
+        ``y`` (for a strategy with a prior over the data's classes).  By default the dense
+        layer of :meth:`solve_features`."""
+        w, b = self.solve_features(x, y, n_classes, seed, unlabelled=unlabelled)
+        w, b = np.asarray(w), np.asarray(b)
+        return lambda q: np.asarray(q) @ w.T + b
 
     def save_extra(self, model: nn.Module, bundle_dir) -> None:
         """Write strategy-specific files beside the bundle (e.g. adapters in PEFT's format)."""
