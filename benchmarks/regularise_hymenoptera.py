@@ -128,6 +128,9 @@ def main(argv=None) -> None:
     ap.add_argument("--full-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full-regs", type=int, default=1,
                     help="how many regularisers (best first at 15 %%) run on the full set")
+    ap.add_argument("--pick-seeds", type=int, nargs="+", default=None,
+                    help="the seeds whose 15 %% selection accuracy picks the regulariser for "
+                         "the full set (default: every seed of --seeds)")
     ap.add_argument("--phases", nargs="+", default=["small", "full"], choices=["small", "full"])
     common.add_threads_arg(ap)
     args = ap.parse_args(argv)
@@ -137,9 +140,10 @@ def main(argv=None) -> None:
     small = run_all(store, "small", list(CONFIGS), args.seeds) if "small" in args.phases else []
     if not small:  # the pick needs the 15 % runs: read those already stored
         small = [common.without_key(r) for r in _stored(store, "small", args.seeds)]
-    chosen = pick(small)[: args.full_regs]
+    args.pick_seeds = args.pick_seeds or args.seeds
+    chosen = pick([r for r in small if r["seed"] in args.pick_seeds])[: args.full_regs]
     full = []
-    if "full" in args.phases and chosen:
+    if "full" in args.phases:
         full = run_all(store, "full", ["finetune", *chosen], args.full_seeds)
     print(f"all runs present ({time.perf_counter() - t0:.0f}s this invocation)")
     report(small, full, chosen, args)
@@ -190,13 +194,14 @@ def summary_rows(rows, names, size):
     return out
 
 
-def verdicts(small, full, chosen) -> list[str]:
+def verdicts(small, full, chosen, pick_seeds) -> list[str]:
     lines = []
     if small and chosen:
         best = chosen[0]
         d = paired(small, best)
         m = mean_sd(d)[0] if d else float("nan")
-        lines.append(f"- 15 %: best regulariser on the selection split: `{best}`; its test "
+        lines.append(f"- 15 %: best regulariser on the selection split (seeds "
+                     f"{', '.join(map(str, pick_seeds))}): `{best}`; its test "
                      f"accuracy - plain finetune (paired over {len(d)} seeds) = "
                      f"{100 * m:+.1f} points; target >= +{100 * TARGET_GAIN:.0f} -> "
                      f"{'met' if m >= TARGET_GAIN else f'missed by {100 * (TARGET_GAIN - m):.1f} points'}")
@@ -252,7 +257,7 @@ AdamW (weight decay 0.01), cosine schedule, no augmentation. finetune+REG = the 
 delta 1, bss 0.001 with k = 1, lwf 1 at T = 2, cotuning 2.3), in the fine-tuning stage only.
 
 Targets:
-{chr(10).join(verdicts(small, full, chosen)) or '- no runs yet'}
+{chr(10).join(verdicts(small, full, chosen, args.pick_seeds)) or '- no runs yet'}
 
 "time / finetune" is the wall time of a whole `fit` call (reading, evaluation after every epoch,
 test) over plain finetune's of the same seed; "train time / finetune" the time in training
