@@ -325,8 +325,10 @@ What limits the figures (where a target is missed):
   kernel's out-of-memory killer and rerun) allowed fewer seeds than planned: see the seed
   lists above; configurations and seeds not in the table were not run.
 
-Time per training step, measured side by side (interleaved rounds, one epoch on 195 images
-each; see `timing_runs`):
+Time per training step, measured side by side ({len({r["round"] for r in timing})} round(s), the
+configurations interleaved, one epoch on 195 images each, no head epochs; see `timing_runs`;
+one round under this load is noisy to about +-30 %: no regulariser is cheaper than plain
+fine-tuning, only delta does more work, one no-grad forward of the frozen copy a step):
 {chr(10).join(timing_lines(timing)) if timing else '- not measured (no time left on the shared machine)'}
 
 "time / finetune" is the wall time of a whole `fit` call (reading, evaluation after every epoch,
