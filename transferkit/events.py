@@ -38,6 +38,7 @@ class Batch:
     features); ``streams`` hold further inputs that are forwarded together with ``inputs``
     (for images through the backbone in one joint batch, so BatchNorm sees both), e.g. an
     unlabelled target batch; ``weights`` are per-sample loss weights.  After the forward pass
+    ``features`` holds the backbone's feature dict of ``inputs`` (``{"pooled": ...}``), and
     ``embed`` / ``logits`` hold the representation the head's last layer reads and the logits
     of ``inputs``, and ``outputs[name]`` the same two (``{"embed", "logits"}``) for each stream.
     ``progress`` runs from 0 to 1 over the stage.
@@ -48,6 +49,7 @@ class Batch:
     indices: torch.Tensor
     streams: dict[str, Any] = field(default_factory=dict)
     weights: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
     embed: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)

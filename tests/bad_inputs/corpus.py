@@ -1051,6 +1051,35 @@ def unknown_strategy_option(ctx):
 
 
 @case
+def unknown_regulariser(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx, "--strategy", "finetune", "-o", "reg=dropout"),
+                names=("unknown reg 'dropout'", "l2sp"))
+
+
+@case
+def negative_regulariser_weight(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx, "--strategy", "partial", "-o", "reg=l2sp", "-o", "reg_weight=-1"),
+                names=("reg_weight", "-1"))
+
+
+@case
+def regulariser_weight_not_a_number(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx, "--strategy", "finetune", "-o", "reg=delta",
+                    "-o", "reg_weight=lots"), names=("reg_weight", "lots"))
+
+
+@case
+def regulariser_needs_a_source_head(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(["fit", data, "--backbone", "tiny-bert", "--strategy", "finetune", "-o",
+                 "reg=cotuning", "--epochs", "1", "--out", ctx.root / "run", "-q"],
+                names=("reg=cotuning", "tiny-bert", "source classes"))
+
+
+@case
 def data_path_missing(ctx):
     return Case(fit(ctx.root / "nowhere", ctx), names=("nowhere", "no such file or folder"))
 

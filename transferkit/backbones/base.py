@@ -26,6 +26,9 @@ class or its private attributes):
   adapters go and hooks are put; the backbone itself when it wraps none;
 * :meth:`Backbone.transformer_blocks`: the encoder layers / ViT blocks, input to output
   (empty for CNNs and word vectors);
+* :meth:`Backbone.feature_modules`: the modules whose outputs are the backbone's intermediate
+  feature maps, input to output (a CNN's stages, the transformer blocks), for penalties that
+  compare them with the pretrained backbone's (DELTA);
 * :meth:`Backbone.attention_values`: per block, the linear map that computes the attention
   values (:class:`ValueProjection`);
 * :meth:`Backbone.token_features`: the features plus the final token states and their mask;
@@ -146,6 +149,12 @@ class Backbone(nn.Module):
     def transformer_blocks(self) -> list[nn.Module]:
         """The transformer blocks (ViT blocks, encoder layers), input to output; ``[]`` if none."""
         return []
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The modules whose outputs (a tensor, or a tuple whose first item is one) are the
+        intermediate feature maps, input to output: the transformer blocks by default; ``[]``
+        when none can be reached."""
+        return self.transformer_blocks()
 
     def attention_values(self) -> list[ValueProjection]:
         """One :class:`ValueProjection` per transformer block, in block order; ``[]`` when the

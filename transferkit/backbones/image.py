@@ -297,6 +297,15 @@ class TimmBackbone(Backbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks) if self.family == "vit" else []
 
+    def feature_modules(self) -> list[nn.Module]:
+        """The modules timm names in ``feature_info`` (a CNN's stages at each reduction,
+        a ViT's blocks), else the transformer blocks."""
+        info = getattr(self.model, "feature_info", None)
+        names = [f.get("module") for f in info] if isinstance(info, list) else []
+        if names and all(names):
+            return [self.model.get_submodule(n) for n in names]
+        return self.transformer_blocks()
+
     def attention_values(self) -> list[ValueProjection]:
         return vit_value_projections(self.model) if self.family == "vit" else []
 

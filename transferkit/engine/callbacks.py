@@ -22,7 +22,8 @@ from .metrics import classification_metrics
 
 HISTORY_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                    "lr", "seconds"]
-#: optional history columns, written when some epoch has them
+#: optional history columns, written when some epoch has them (and every ``term_<name>``:
+#: the epoch's mean of the loss term ``<name>`` a callback added)
 HISTORY_EXTRA = ["setting", "target_entropy", "dev_risk", "iw_val_accuracy",
                  "oracle_target_accuracy", "val_map50", "val_map"]
 
@@ -184,8 +185,9 @@ class History(Callback):
         self.write(state.history)
 
     def write(self, history) -> None:
+        terms = sorted({k for h in history for k in h if k.startswith("term_")})
         cols = HISTORY_COLUMNS + [c for c in HISTORY_EXTRA
-                                  if any(h.get(c) is not None for h in history)]
+                                  if any(h.get(c) is not None for h in history)] + terms
         lines = [",".join(cols)] + [",".join("" if h.get(c) is None else str(h.get(c))
                                              for c in cols) for h in history]
         write_text(self.path, "\n".join(lines) + "\n")

@@ -137,6 +137,13 @@ class FitState:
         """Endless batches of the named sample set, fed as this stage feeds the model."""
         return self.trainer.stream(self, name)
 
+    def batches(self, name: str):
+        """``(inputs, indices)`` of the named sample set in order, as the backbone reads them
+        for evaluation (no augmentation): for a module of a strategy's own to run over them."""
+        for b in self.trainer.pipeline.batches(self.data[name],
+                                               batch_size=self.cfg.eval_batch_size):
+            yield b.inputs, b.indices
+
     def has(self, name: str) -> bool:
         return self.data.get(name) is not None
 
@@ -425,10 +432,11 @@ class Trainer:
             if apply is not None:
                 apply(self.model)
             return {**record, "train_loss": None, "lr": None, "seconds": 0.0, "setting": label}
-        train_loss, lr = self._train_batches(state, fire)
+        train_loss, lr, terms = self._train_batches(state, fire)
         if not stage.frozen_backbone:
             self.features.backbone_changed()
         record.update(train_loss=train_loss, lr=lr)
+        record.update({f"term_{k}": v for k, v in terms.items()})
         if not stage.selectable:
             record["selectable"] = False
         return record
@@ -442,16 +450,20 @@ class Trainer:
             for m in batchnorm_layers(self.model.backbone):
                 m.eval()
 
-    def _train_batches(self, state: FitState, fire: _Fire) -> tuple[float, float | None]:
+    def _train_batches(self, state: FitState, fire: _Fire
+                       ) -> tuple[float, float | None, dict[str, float]]:
+        """One epoch of SGD: the mean training loss, the last learning rate, and the mean of
+        each loss term the callbacks added (this process's samples)."""
         cfg, stage, opt = self.cfg, state.stage, state.optimizer
         self._train_mode(stage)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
         params = stage.parameters()
         total, count, lr = 0.0, 0, None
+        terms: dict[str, float] = {}
         for batch in self._batches(state):
             batch.progress = min(1.0, state.step / max(1, state.total_steps))
             n = len(batch.labels)
-            loss = self._batch_loss(batch, loss_fn, fire, state) if n else None
+            loss = self._batch_loss(batch, loss_fn, fire, state, terms) if n else None
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
                 if loss is not None:
@@ -466,11 +478,14 @@ class Trainer:
                 total += float(loss.detach()) * n
                 count += n
             state.step += 1
+        terms = {k: v / max(count, 1) for k, v in terms.items()}
         total, count = self.processes.sum(total, count)
-        return total / max(count, 1), lr
+        return total / max(count, 1), lr, terms
 
-    def _batch_loss(self, batch: Batch, loss_fn, fire: _Fire, state: FitState) -> torch.Tensor:
-        """The task loss of one batch plus every loss term a callback adds."""
+    def _batch_loss(self, batch: Batch, loss_fn, fire: _Fire, state: FitState,
+                    sums: dict[str, float]) -> torch.Tensor:
+        """The task loss of one batch plus every loss term a callback adds (each term's
+        value times the batch size is added to ``sums`` under its name)."""
         fire("on_batch_start", batch)
         self._forward(state.stage, batch, state.cached)
         per = loss_fn(batch.logits, batch.labels)
@@ -479,9 +494,11 @@ class Trainer:
             loss = (per * w).sum() / w.sum().clamp_min(1e-12)
         else:
             loss = per.mean()
+        n = len(batch.labels)
         for terms in fire("on_batch", batch):
-            for term in (terms or {}).values():
+            for name, term in (terms or {}).items():
                 loss = loss + term
+                sums[name] = sums.get(name, 0.0) + float(term.detach()) * n
         return loss
 
     def _batches(self, state: FitState):
@@ -571,6 +588,7 @@ class Trainer:
     def _forward(self, stage, batch: Batch, cached: bool) -> None:
         feats, streams = self._forward_features(stage, batch.inputs, batch.streams, cached)
         head = self.model.head
+        batch.features = feats
         batch.embed = head.embed(feats)
         batch.logits = head.classify(batch.embed)
         for name, f in streams.items():

@@ -5,7 +5,9 @@ backbone (``finetune``) or its last ``layers`` groups (``partial``) with discrim
 rates: the top group gets ``backbone_lr``, lower groups geometrically less, down to
 ``backbone_lr * lr_floor`` for the first one; the head gets ``backbone_lr * head_lr_mult``.
 BatchNorm running statistics stay frozen by default (``bn=freeze``), which is what small
-batches on small data sets want; ``bn=train`` lets them update.
+batches on small data sets want; ``bn=train`` lets them update.  ``reg=l2sp|delta|bss|lwf|
+cotuning`` adds a penalty towards what the pretrained backbone knew to the stage that
+unfreezes it (see ``regularised.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .base import (Options, ParamGroup, Stage, Strategy, default_backbone_lr, geometric_lrs,
+from .base import (ParamGroup, Stage, Strategy, default_backbone_lr, geometric_lrs,
                    head_params, register_strategy)
+from .regularised import RegOptions, check_reg_backbone, regularise_stage, validate_reg
 
 
 @dataclass
-class FinetuneOptions(Options):
+class FinetuneOptions(RegOptions):
     head_epochs: int = 5
     head_lr: float = 1e-3
     backbone_lr: float | None = None
@@ -43,6 +46,10 @@ class _Staged(Strategy):
             raise ConfigError(f"{self.name}: lr_floor must be in (0, 1], got {o.lr_floor}")
         if o.backbone_lr is not None and o.backbone_lr <= 0:
             raise ConfigError(f"{self.name}: backbone_lr must be > 0")
+        validate_reg(self.name, o)
+
+    def check_backbone(self, backbone) -> None:
+        check_reg_backbone(self.name, self.options, backbone)
 
     def _groups_to_train(self, model):
         return model.backbone.layer_groups()
@@ -60,9 +67,9 @@ class _Staged(Strategy):
         pgs = [ParamGroup(f"backbone.{i}", g, lr) for i, (g, lr) in
                enumerate(zip(groups, lrs)) if g]
         pgs.append(ParamGroup("head", head_params(model), top * o.head_lr_mult))
-        stages.append(Stage("finetune", train.epochs, pgs, frozen_backbone=False,
-                            train_bn=(o.bn == "train"),
-                            warmup_epochs=train.warmup_epochs))
+        stages.append(regularise_stage(o, model, Stage(
+            "finetune", train.epochs, pgs, frozen_backbone=False, train_bn=(o.bn == "train"),
+            warmup_epochs=train.warmup_epochs)))
         return stages
 
 

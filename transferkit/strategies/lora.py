@@ -56,7 +56,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Options, ParamGroup, Stage, Strategy, head_params, register_strategy
+from .base import ParamGroup, Stage, Strategy, head_params, register_strategy
+from .regularised import RegOptions, check_reg_backbone, regularise_stage, validate_reg
 from ..backbones import Backbone
 from ..errors import ConfigError
 from ..io import save_tensors, write_text
@@ -79,7 +80,7 @@ _AUTO_DESCRIPTION = ("automatic: PEFT's default for the model type, fused qkv, q
 
 
 @dataclass
-class LoraOptions(Options):
+class LoraOptions(RegOptions):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -345,6 +346,7 @@ class Lora(Strategy):
             raise ConfigError(f"lora: targets={o.targets!r} names no module")
         if o.bias != "none":
             self.trains_backbone = "some"  # the backbone's biases train too
+        validate_reg(self.name, o)
 
     def _target_list(self) -> list[str] | None:
         t = self.options.targets
@@ -357,6 +359,7 @@ class Lora(Strategy):
         return LoraPlanner(self.options.r, self._target_list()).plan(backbone)
 
     def check_backbone(self, backbone) -> None:
+        check_reg_backbone(self.name, self.options, backbone)
         if lora_modules(adapter_root(backbone)):
             return  # already prepared
         self.plan(backbone)
@@ -418,11 +421,10 @@ class Lora(Strategy):
     def stages(self, model, train):
         o = self.options
         lr = o.lr if o.lr is not None else (train.lr if train.lr is not None else DEFAULT_LR)
-        return [Stage("lora", train.epochs,
-                      [ParamGroup("lora", self.adapter_params(model), lr),
-                       ParamGroup("head", head_params(model), o.head_lr)],
-                      frozen_backbone=False, train_bn=False,
-                      warmup_epochs=train.warmup_epochs)]
+        return [regularise_stage(o, model, Stage(
+            "lora", train.epochs, [ParamGroup("lora", self.adapter_params(model), lr),
+                                   ParamGroup("head", head_params(model), o.head_lr)],
+            frozen_backbone=False, train_bn=False, warmup_epochs=train.warmup_epochs))]
 
     def for_export(self, model):
         """A copy of ``model`` with every adapter merged into its layer's weight
