@@ -160,6 +160,15 @@ def test_self_training_uses_unlabelled_sentences(texts, tmp_path):
     assert tm.metrics["shots"]["unlabelled_used"] is True
 
 
+def test_setfit_head_is_logistic_regression_on_raw_embeddings(texts, tmp_path):
+    tm = _fit(texts, tmp_path, options={"iterations": 1, "classifier": "setfit",
+                                        "pseudo": 10, "pseudo_per_class": 2})
+    cf = tm.metrics["closed_form"]
+    assert cf["C"] == 1.0 and "SetFit's head" in cf["selection"]
+    assert cf["classifier"] == "setfit"
+    assert sum(cf["pseudo_labelled"].values()) <= 4
+
+
 def test_self_training_with_validation_data_is_chosen_on_it(texts, tmp_path):
     tm = _fit(texts, tmp_path, val=str(texts), options={"iterations": 1, "pseudo": 10})
     cf = tm.metrics["closed_form"]
@@ -186,6 +195,7 @@ def test_transfer_classifier_with_setfit():
     ({"iterations": 0}, "iterations must be > 0"),
     ({"max_pairs": 0}, "max_pairs must be > 0"),
     ({"lr": "fast"}, "lr"),
+    ({"classifier": "svm"}, "classifier must be one of linear, setfit"),
 ])
 def test_bad_options_refused(opts, msg):
     with pytest.raises(ConfigError, match=msg):

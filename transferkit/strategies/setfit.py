@@ -20,7 +20,8 @@ the stage stops after the iteration in which that many pairs have been seen.
 
 Stage 2 (``head``) fits logistic regression on the tuned encoder's features, exactly as
 the ``linear`` strategy does (``C`` chosen on the validation split, or by cross-validation
-over the shots under ``--shots`` without ``--val``).  With ``pseudo=N`` it self-trains:
+over the shots under ``--shots`` without ``--val``), or with ``classifier=setfit`` as SetFit
+does (scikit-learn's logistic regression at ``C`` = 1 on the raw embeddings).  With ``pseudo=N`` it self-trains:
 ``N`` unlabelled sentences of the task (the rest of a ``--shots`` training split; their
 labels never read) are encoded, labelled by that head, the ``pseudo_per_class`` most
 confident per predicted class are added to the shots, and the head is refitted.  With a
@@ -40,9 +41,10 @@ import torch
 from ..errors import ConfigError
 from ..events import Callback
 from .base import Options, ParamGroup, Solution, Stage, Strategy, register_strategy
-from .linear import Linear, LinearOnShots
+from .linear import Linear, LinearOnShots, fit_logreg
 
 LOSSES = ("cosine", "triplet")
+CLASSIFIERS = ("linear", "setfit")
 
 
 class PairSampler:
@@ -161,7 +163,11 @@ class SetFitOptions(Options):
     margin: float = 0.25
     #: stop the contrastive stage after the iteration in which this many pairs were seen
     max_pairs: int = 20000
-    #: logistic regression's C (default: chosen as the linear strategy chooses it)
+    #: the head: "linear" (standardised features, C chosen as the linear strategy chooses
+    #: it) or "setfit" (SetFit's: scikit-learn's logistic regression on the raw embeddings,
+    #: C = 1 unless given)
+    classifier: str = "linear"
+    #: logistic regression's C (default: see classifier)
     C: float | None = None
     #: unlabelled sentences of the task to pseudo-label for a self-trained head (0: none)
     pseudo: int = 0
@@ -185,6 +191,9 @@ class SetFit(Strategy):
                               "pseudo_per_class")
         if o.loss not in LOSSES:
             raise ConfigError(f"setfit: loss must be one of {', '.join(LOSSES)}, got {o.loss!r}")
+        if o.classifier not in CLASSIFIERS:
+            raise ConfigError(f"setfit: classifier must be one of {', '.join(CLASSIFIERS)}, "
+                              f"got {o.classifier!r}")
         if o.pseudo < 0:
             raise ConfigError(f"setfit: pseudo must be >= 0, got {o.pseudo}")
 
@@ -212,13 +221,8 @@ class SetFit(Strategy):
         if model.head.kind != "linear":
             raise ConfigError("setfit strategy needs a linear head (head kind 'linear')")
         x, y = state.features("train"), state.labels("train")
-        linear = Linear(C=self.options.C)
-        if state.val_is_train:
-            first = linear.fit_on_shots(model, x, y, state.cfg.seed)
-        else:
-            first = linear.fit_closed_form(model, x, y, state.features("val"),
-                                           state.labels("val"), state.cfg.seed)
-        info = {**first.info, "loss": self.options.loss}
+        first = self.first_head(state, x, y)
+        info = {**first.info, "loss": self.options.loss, "classifier": self.options.classifier}
         if not self.options.pseudo or not state.has("unlabelled"):
             return Solution(first.candidates, info)
         w, b, added = self.self_train(state, x.double().numpy(), y.numpy(), first.info["C"])
@@ -229,6 +233,27 @@ class SetFit(Strategy):
             info["selection"] += "; head self-trained on pseudo-labels"
             return Solution([second], info)
         return Solution([("shots", first.candidates[0][1]), second], info)
+
+    def first_head(self, state, x, y) -> Solution:
+        """The head on the labelled sentences alone."""
+        o, model, seed = self.options, state.model, state.cfg.seed
+        if o.classifier == "setfit":
+            c = o.C if o.C is not None else 1.0
+            w, b = fit_logreg(x.double().numpy(), y.numpy(), c, len(model.classes), seed)
+            return Solution([("fit", lambda m: m.head.set_linear(w, b))],
+                            {"C": c, "selection": f"SetFit's head: logistic regression at C = "
+                                                  f"{c:g} on the raw embeddings; nothing chosen"})
+        linear = Linear(C=o.C)
+        if state.val_is_train:
+            return linear.fit_on_shots(model, x, y, seed)
+        return linear.fit_closed_form(model, x, y, state.features("val"), state.labels("val"),
+                                      seed)
+
+    def fit_head(self, x, y, C: float, n_classes: int, seed: int):
+        """``(weight, bias)`` of the head kind ``classifier`` at ``C``."""
+        if self.options.classifier == "setfit":
+            return fit_logreg(x, y, C, n_classes, seed)
+        return LinearOnShots(C).fit(x, y, n_classes, seed)
 
     def self_train(self, state, x, y, C: float):
         """Refit on the shots plus the most confident pseudo-labelled unlabelled sentences:
@@ -241,7 +266,7 @@ class SetFit(Strategy):
         pick = np.sort(rng.permutation(len(pool))[: o.pseudo])
         state.data["setfit-unlabelled"] = pool.subset(pick)
         xu = state.features("setfit-unlabelled").double().numpy()
-        w, b = LinearOnShots(C).fit(x, y, k, seed)
+        w, b = self.fit_head(x, y, C, k, seed)
         p = softmax(xu @ w.T + b, axis=1)
         guess, conf = p.argmax(1), p.max(1)
         chosen, added = [], {}
@@ -251,8 +276,8 @@ class SetFit(Strategy):
             chosen.append(idx)
             added[state.model.classes[c]] = int(len(idx))
         chosen = np.concatenate(chosen)
-        w2, b2 = LinearOnShots(C).fit(np.concatenate([x, xu[chosen]]),
-                                      np.concatenate([y, guess[chosen]]), k, seed)
+        w2, b2 = self.fit_head(np.concatenate([x, xu[chosen]]),
+                               np.concatenate([y, guess[chosen]]), C, k, seed)
         state.log(f"  setfit: self-trained on {len(chosen)} pseudo-labelled sentences "
                   f"of {len(pick)}")
         return w2, b2, added
