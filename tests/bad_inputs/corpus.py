@@ -1079,6 +1079,26 @@ def regulariser_needs_a_source_head(ctx):
                 names=("reg=cotuning", "tiny-bert", "source classes"))
 
 
+def setfit_on_word_vectors(ctx):
+    path = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(fit_text(path, ctx, "--strategy", "setfit"),
+                names=("setfit", "sentence encoder", "tiny-wordvec"))
+
+
+@case
+def setfit_on_images(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx, "--strategy", "setfit"),
+                names=("setfit", "sentence encoder", "tiny-cnn"))
+
+
+@case
+def setfit_unknown_loss(ctx):
+    path = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(fit_text(path, ctx, "--strategy", "setfit", "-o", "loss=hinge"),
+                names=("setfit", "loss", "hinge"))
+
+
 @case
 def data_path_missing(ctx):
     return Case(fit(ctx.root / "nowhere", ctx), names=("nowhere", "no such file or folder"))

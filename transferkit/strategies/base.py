@@ -77,6 +77,10 @@ class Stage:
     #: keep the representation under this name at the end of the stage (domain runs' before /
     #: after pictures)
     snapshot: str | None = None
+    #: whether the labelled batch's cross-entropy is part of the loss; ``False`` for a stage
+    #: whose loss is its callbacks' terms alone (contrastive training of the encoder before
+    #: any head exists)
+    task_loss: bool = True
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.params]
