@@ -12,6 +12,7 @@
 * tables: :func:`write_table` (CSV + markdown headed by the command, the machine and the
   date), :func:`md_table`;
 * figures: :func:`pyplot`, :func:`grouped_bars` (bars with error bars), :func:`save_figure`;
+* data files: :func:`read_sentence_lines` (the sentence-classification sets);
 * child processes: :func:`run_child` (a fresh process, e.g. for a peak-memory figure).
 
 Nothing here imports a private name of ``transferkit``.
@@ -165,6 +166,28 @@ def store_run(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
+
+
+# --------------------------------------------------------------------------- data files
+
+def read_sentence_lines(path: Path, keep_empty: bool = False) -> tuple[list[str], list[int]]:
+    """``<label> <sentence>`` lines of ``../shared/data/sentence_classification``; a line that
+    is not UTF-8 is read as latin-1.  A label without a sentence (CR has 4, MPQA 3) is left
+    out unless ``keep_empty`` (the PEFT text benchmark's published runs kept them)."""
+    xs, ys = [], []
+    for raw in Path(path).read_bytes().splitlines():
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        line = line.strip()
+        if not line:
+            continue
+        label, _, text = line.partition(" ")
+        if text.strip() or keep_empty:
+            xs.append(text.strip())
+            ys.append(int(label))
+    return xs, ys
 
 
 # --------------------------------------------------------------------------- child processes

@@ -91,23 +91,6 @@ CLAIMS = {"toast": "about 7.8 %", "toast-lite": "about 0.9 % (README: under 2 %)
 
 # --------------------------------------------------------------------------- data
 
-def read_lines(path: Path) -> tuple[list[str], list[int]]:
-    """``<label> <tokenized sentence>`` lines; a line that is not UTF-8 is read as latin-1."""
-    xs, ys = [], []
-    for raw in path.read_bytes().splitlines():
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("latin-1")
-        line = line.strip()
-        if not line:
-            continue
-        label, _, text = line.partition(" ")
-        xs.append(text.strip())
-        ys.append(int(label))
-    return xs, ys
-
-
 def read_uci(domains) -> tuple[list[str], list[int], list[str]]:
     xs, ys, ds = [], [], []
     for d in domains:
@@ -158,14 +141,14 @@ def load_set(name: str, seed: int, n_train: int, n_test: int):
         train = stratified_pick(strata, n_train, seed, pool=rest)
         tx, ty, ex, ey = xs, ys, xs, ys
     elif "all" in spec:
-        xs, ys = read_lines(SC / spec["all"])
+        xs, ys = common.read_sentence_lines(SC / spec["all"], keep_empty=True)
         test = stratified_pick(ys, n_test, TEST_SEED)
         rest = sorted(set(range(len(xs))) - set(test))
         train = stratified_pick(ys, n_train, seed, pool=rest)
         tx, ty, ex, ey = xs, ys, xs, ys
     else:
-        tx, ty = read_lines(SC / spec["train"])
-        ex, ey = read_lines(SC / spec["test"])
+        tx, ty = common.read_sentence_lines(SC / spec["train"], keep_empty=True)
+        ex, ey = common.read_sentence_lines(SC / spec["test"], keep_empty=True)
         test = stratified_pick(ey, n_test, TEST_SEED)
         train = stratified_pick(ty, n_train, seed)
     classes = sorted(set(ty) | set(ey))

@@ -81,21 +81,6 @@ RUNS = ["linear", "setfit", "finetune"]  # setfit's run gives the three setfit c
 
 # --------------------------------------------------------------------------- data
 
-def read_lines(path: Path) -> tuple[list[str], list[int]]:
-    """``<label> <sentence>`` lines; a line that is not UTF-8 is read as latin-1."""
-    xs, ys = [], []
-    for raw in path.read_bytes().splitlines():
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("latin-1")
-        label, _, text = line.strip().partition(" ")
-        if text.strip():
-            xs.append(text.strip())
-            ys.append(int(label))
-    return xs, ys
-
-
 def load_set(name: str):
     """``(pool Samples, test Samples, how the test split was made)``."""
     import numpy as np
@@ -104,7 +89,7 @@ def load_set(name: str):
 
     spec = SETS[name]
     if "all" in spec:
-        xs, ys = read_lines(SC / spec["all"])
+        xs, ys = common.read_sentence_lines(SC / spec["all"])
         classes = sorted(set(ys))
         y = np.array([classes.index(v) for v in ys])
         test = _stratified(y, spec["cap"], TEST_SEED)
@@ -114,8 +99,8 @@ def load_set(name: str):
         how = (f"carved: {len(test)} of {len(y)} sentences (seed {TEST_SEED}, stratified); "
                f"pool {len(pool)}")
     else:
-        px, pys = read_lines(SC / spec["train"])
-        tx, tys = read_lines(SC / spec["test"])
+        px, pys = common.read_sentence_lines(SC / spec["train"])
+        tx, tys = common.read_sentence_lines(SC / spec["test"])
         classes = sorted(set(pys) | set(tys))
         py = np.array([classes.index(v) for v in pys])
         ty = np.array([classes.index(v) for v in tys])
@@ -464,7 +449,7 @@ def pilot_data(name: str):
     import numpy as np
 
     pool, _, _ = load_set(name)
-    xs, ys = read_lines(SC / PILOT_SETS[name])
+    xs, ys = common.read_sentence_lines(SC / PILOT_SETS[name])
     classes = [int(c) for c in pool.classes]
     y = np.array([classes.index(v) for v in ys])
     keep = _stratified(y, PILOT_DEV, TEST_SEED)
