@@ -130,6 +130,11 @@ class DetectionTrainer(Trainer):
         if any(n.startswith("backbone.") for n in tensors):
             self._maps.clear()
 
+    def time_per_sample(self, state, probe: int = 8) -> None:
+        """No stage estimate before a detection stage (its batches are images with boxes);
+        the budget goes by the epochs' own times."""
+        return None
+
     def _run_epoch(self, state, fire) -> dict[str, Any]:
         record = super()._run_epoch(state, fire)
         if not state.stage.frozen_backbone:
@@ -145,16 +150,19 @@ class DetectionTrainer(Trainer):
             idx = idx.tolist()
             yield Batch(idx, train.targets(idx, self.device), torch.as_tensor(idx))
 
-    def _batch_loss(self, batch: Batch, loss_fn, fire, state) -> torch.Tensor:
-        """The FCOS loss terms of one batch plus every loss term a callback adds."""
+    def _batch_loss(self, batch: Batch, loss_fn, fire, state, sums: dict[str, float]) -> torch.Tensor:
+        """The FCOS loss terms of one batch plus every loss term a callback adds (each
+        callback term's value times the batch size is added to ``sums`` under its name)."""
         fire("on_batch_start", batch)
         maps = self._maps_of(state.data["train"], batch.inputs, state.stage.frozen_backbone)
         terms = self.model.head.loss(maps, batch.labels)
         batch.outputs["loss_terms"] = terms
         loss = sum(terms.values())
+        n = len(batch.labels)
         for extra in fire("on_batch", batch):
-            for term in (extra or {}).values():
+            for name, term in (extra or {}).items():
                 loss = loss + term
+                sums[name] = sums.get(name, 0.0) + float(term.detach()) * n
         return loss
 
     # ------------------------------------------------------------------ scores

@@ -69,11 +69,12 @@ class StageClock(Callback):
         self._epoch_s = None
         if stage.solve is None and not state.cached and state.epoch < stage.epochs:
             self._epoch_s = self._estimate_epoch(state)
-            total = self._epoch_s * (stage.epochs - state.epoch)
-            state.timing[f"estimate_{stage.name}_s"] = round(total, 2)
-            state.log(f"  {stage.name}: about {format_seconds(self._epoch_s)} an epoch, "
-                      f"{format_seconds(total)} for {stage.epochs - state.epoch} epoch(s) "
-                      "(from a timed batch)")
+            if self._epoch_s is not None:
+                total = self._epoch_s * (stage.epochs - state.epoch)
+                state.timing[f"estimate_{stage.name}_s"] = round(total, 2)
+                state.log(f"  {stage.name}: about {format_seconds(self._epoch_s)} an epoch, "
+                          f"{format_seconds(total)} for {stage.epochs - state.epoch} epoch(s) "
+                          "(from a timed batch)")
         if stage.solve is None and not self._fits(state, self._epoch_s or 0.0):
             self._spend(state, f"stage {stage.name} skipped")
 
@@ -111,8 +112,11 @@ class StageClock(Callback):
         state.stop = True
 
     @staticmethod
-    def _estimate_epoch(state) -> float:
-        decode_s, forward_s = state.trainer.time_per_sample(state)
+    def _estimate_epoch(state) -> float | None:
+        per = state.trainer.time_per_sample(state)
+        if per is None:  # a trainer that cannot time a batch: no estimate, the epochs' own times
+            return None
+        decode_s, forward_s = per
         trains_backbone = not state.stage.frozen_backbone
         per_sample = decode_s + forward_s * (BACKWARD_FACTOR if trains_backbone else 1.0)
         n_val = len(state.data["val"]) if trains_backbone else 0

@@ -541,11 +541,12 @@ class Trainer:
             b = next(loader)
             yield b.inputs, b.labels, mine[b.indices]
 
-    def time_per_sample(self, state: FitState, probe: int = 8) -> tuple[float, float]:
+    def time_per_sample(self, state: FitState, probe: int = 8) -> tuple[float, float] | None:
         """``(decode_s, forward_s)`` per training sample of the current stage: the time
         between the loader's first and second batches (its start-up left out), and one
         forward pass of ``probe`` samples without gradients in evaluation mode (nothing in
-        the model changes).  ``(0, 0)`` in a data-parallel run or without training data."""
+        the model changes).  ``(0, 0)`` in a data-parallel run or without training data; a
+        trainer whose batches are not the pipeline's returns None (no estimate)."""
         if self.processes.world > 1 or not len(state.data["train"]):
             return 0.0, 0.0
         batches = iter(self._live_batches(state.data["train"], state.epoch_seed))
