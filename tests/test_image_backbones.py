@@ -147,17 +147,22 @@ def _load_hymenoptera(paths, pre) -> torch.Tensor:
     return torch.stack(out)
 
 
-def test_lite0_imagenet_sanity_on_hymenoptera(lite0):
+def _ants_and_bees_named(bb: TimmBackbone) -> int:
+    """How many of 5 ant and 5 bee photos of hymenoptera ``val`` the ImageNet head names
+    right (skips when the shared data is absent)."""
     val = SHARED_DATA / "hymenoptera" / "val"
     if not val.is_dir():
         pytest.skip(f"shared data {val} is absent")
     ants = sorted((val / "ants").glob("*.jpg"))[:5]
     bees = sorted((val / "bees").glob("*.jpg"))[:5]
-    x = _load_hymenoptera(ants + bees, lite0.preprocess)
-    logits = lite0.classify_imagenet(x)
+    logits = bb.classify_imagenet(_load_hymenoptera(ants + bees, bb.preprocess))
     assert logits.shape == (10, 1000)
     labels = torch.tensor([ANT] * len(ants) + [BEE] * len(bees))
-    right = int((logits.argmax(1) == labels).sum())
+    return int((logits.argmax(1) == labels).sum())
+
+
+def test_lite0_imagenet_sanity_on_hymenoptera(lite0):
+    right = _ants_and_bees_named(lite0)
     assert right >= 7, f"only {right}/10 hymenoptera images classified as ant/bee"
 
 
@@ -443,12 +448,5 @@ def test_order_mapping_refuses_a_shape_mismatch():
 
 
 def test_mobilenet_v2_names_ants_and_bees(mobilenet):
-    val = SHARED_DATA / "hymenoptera" / "val"
-    if not val.is_dir():
-        pytest.skip(f"shared data {val} is absent")
-    ants = sorted((val / "ants").glob("*.jpg"))[:5]
-    bees = sorted((val / "bees").glob("*.jpg"))[:5]
-    x = _load_hymenoptera(ants + bees, mobilenet.preprocess)
-    labels = torch.tensor([ANT] * len(ants) + [BEE] * len(bees))
-    right = int((mobilenet.classify_imagenet(x).argmax(1) == labels).sum())
+    right = _ants_and_bees_named(mobilenet)
     assert right >= 7, f"only {right}/10 hymenoptera images classified as ant/bee"
