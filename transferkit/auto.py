@@ -21,7 +21,6 @@ case, the plan and the reasons.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable
 
@@ -150,4 +149,4 @@ def choose(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable,
                              else f"familiarity {fam:.2f}") + ")", why],
               "test_used": False}
     log(f"auto: chose {best['backbone']} + {strategy}: " + "; ".join(record["reasons"][1:]))
-    return dataclasses.replace(chosen), record
+    return chosen, record

@@ -124,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, metavar="DIR", help="folder for index.html, "
                     "runs.csv and the figures")
 
-    _episodes_parser(sub, common)
-    _rank_parser(sub, common)
-    _compare_parser(sub, common)
-    _advise_parser(sub, common)
+    reading = _reading_parser(common)
+    _episodes_parser(sub, reading)
+    _rank_parser(sub, reading)
+    _compare_parser(sub, reading)
+    _advise_parser(sub, reading)
     pa = sub.add_parser("paths", parents=[common], help="the eight paths of transfer (task x "
                         "domain x order), an example and the command for each")
     pa.add_argument("--json", action="store_true", help="print the map as JSON")
@@ -139,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--cache-dir")
     return p
+
+
+def _reading_parser(common) -> argparse.ArgumentParser:
+    """The flags of the commands that read a data set through the feature cache (rank,
+    advise, compare, episodes), declared once."""
+    reading = argparse.ArgumentParser(add_help=False, parents=[common])
+    reading.add_argument("--cache-dir", help="feature cache folder")
+    reading.add_argument("--skip-bad", action="store_true",
+                         help="leave out unreadable images and list them")
+    return reading
 
 
 def _rank_parser(sub, common) -> None:
@@ -153,9 +164,7 @@ def _rank_parser(sub, common) -> None:
                     help="seed of the train / val / test carving (default: fit's)")
     rk.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     rk.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
-    rk.add_argument("--cache-dir", help="feature cache folder")
     rk.add_argument("--no-cache", action="store_true", help="compute features afresh")
-    rk.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _advise_parser(sub, common) -> None:
@@ -169,8 +178,6 @@ def _advise_parser(sub, common) -> None:
                     "efficientnet_lite0 for images, minilm for text)")
     ad.add_argument("--json", action="store_true", help="print the measurements as JSON")
     ad.add_argument("--seed", type=int, default=None, help="seed of the split (default: fit's)")
-    ad.add_argument("--cache-dir", help="feature cache folder")
-    ad.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _compare_parser(sub, common) -> None:
@@ -190,8 +197,6 @@ def _compare_parser(sub, common) -> None:
     cp.add_argument("--budget", metavar="TIME", help="time budget of each run (e.g. 10m)")
     cp.add_argument("--val", help="validation data (default: carved from DATA)")
     cp.add_argument("--test", help="test data (default: carved from DATA)")
-    cp.add_argument("--cache-dir", help="feature cache folder")
-    cp.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
 
 
 def _episodes_parser(sub, common) -> None:
@@ -211,8 +216,6 @@ def _episodes_parser(sub, common) -> None:
                                 ("episodes", 600, "episodes"), ("seed", 0, "seed")):
         ep.add_argument(f"--{flag}", type=int, default=default, help=f"{what} (default {default})")
     ep.add_argument("--out", metavar="DIR", help="write DIR/episodes.json and DIR/episodes.csv")
-    ep.add_argument("--cache-dir", help="feature cache folder")
-    ep.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
