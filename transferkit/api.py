@@ -36,6 +36,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
+from .several import Several, several_splits
 from .auto import choose, is_auto
 from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
@@ -51,6 +52,7 @@ from .engine.distributed import Processes, launched_world_size
 from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
+from .engine.tasks import blocks
 from .engine.trainer import Trainer
 from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
@@ -162,7 +164,7 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
         rep.log(f"processes: {procs.world}, data-parallel ({procs.describe()})")
     t0 = time.perf_counter()
     strat, head_cfg = build_strategy(cfg)
-    if cfg.data.path is None:
+    if cfg.data.path is None and not cfg.data.tasks:
         return fit_from_names(cfg, strat, head_cfg, procs, rep.log)
     run_data = read_run_data(cfg, strat, rep.log)
     cfg, auto = choose_for_auto(cfg, run_data, rep.log)
@@ -205,8 +207,8 @@ def configure(data=None, config: RunConfig | None = None,
     cfg = (config or RunConfig()).updated(settings or {}, where="fit")
     if data is not None:
         cfg = cfg.updated({"data": {"path": data}}, where="fit")
-    if cfg.data.path is None and get_strategy(cfg.strategy.name,
-                                              **cfg.strategy.options).needs_data:
+    if cfg.data.path is None and not cfg.data.tasks and get_strategy(
+            cfg.strategy.name, **cfg.strategy.options).needs_data:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz)")
     return cfg
 
@@ -307,6 +309,12 @@ class RunData:
     unlabelled: Any = None
     #: a ``--shots K`` run without validation data: the K shots are the validation samples
     val_is_train: bool = False
+    #: a run of several data sets (merged, or several tasks): how they were joined
+    several: Several | None = None
+
+    @property
+    def tasks(self) -> list[tuple[str, int]] | None:
+        return self.several.tasks if self.several is not None else None
 
 
 @contextmanager
@@ -331,7 +339,14 @@ def _as_splits(x, columns):
 
 def read_run_data(cfg: RunConfig, strat, log) -> RunData:
     """Read and split the data (and the target domain), check every image, log the sizes."""
-    splits, domain = _resolve_splits(cfg, strat)
+    several = several_splits(cfg, _as_splits, lambda p, c: _read(p, columns=c), log)
+    if several is not None:
+        if strat.uses_target:
+            raise ConfigError(f"strategy {strat.name!r} adapts to a target domain; it does not "
+                              "combine with several data sets or tasks")
+        splits, domain = dict(several.splits), None
+    else:
+        splits, domain = _resolve_splits(cfg, strat)
     unlabelled = splits.pop("unlabelled", None)
     val_is_train = splits["val"] is splits["train"]
     modality = splits["train"].modality
@@ -362,9 +377,19 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
         log(f"shots: {cfg.data.shots} per class; {len(unlabelled)} training samples kept "
             "unlabelled; " + ("choices on the shots themselves" if val_is_train
                               else "choices on the validation data"))
+    if several is not None:
+        log(_several_line(several))
     return RunData(splits=splits, domain=domain, modality=modality, classes=classes,
                    scan_s=time.perf_counter() - t0, unlabelled=unlabelled,
-                   val_is_train=val_is_train)
+                   val_is_train=val_is_train, several=several)
+
+
+def _several_line(several: Several) -> str:
+    what = "tasks" if several.kind == "tasks" else "merged sets"
+    return f"{what}: " + "; ".join(
+        f"{p.name} " + ", ".join(f"{k} {q.stop - q.start}" for k, ps in several.parts.items()
+                                 for q in ps if q.name == p.name)
+        for p in several.parts["train"])
 
 
 def _check_backbone_modality(name: str, modality: str, source: str) -> None:
@@ -438,7 +463,8 @@ def recorded_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     if cfg.domain.domain_column is None:
         target = _pathish(target)
     return cfg.updated({"data": {"path": _pathish(cfg.data.path), "val": _pathish(cfg.data.val),
-                                 "test": _pathish(cfg.data.test)},
+                                 "test": _pathish(cfg.data.test),
+                                 "tasks": _pathish(cfg.data.tasks)},
                         "domain": {"target": target},
                         "run": {"out": str(run_dir), "overwrite": False}})
 
@@ -449,7 +475,7 @@ def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
     _seed_everything(cfg.train.seed)
     bb = build_backbone(name, **_backbone_kwargs(cfg, name, run_data.modality))
     log(f"backbone: {bb.describe()}")
-    return build_model(bb, head_cfg, run_data.classes), bb
+    return build_model(bb, head_cfg, run_data.classes, run_data.tasks), bb
 
 
 @dataclass
@@ -464,6 +490,8 @@ class Outcome:
     timing: dict[str, float]
     #: how ``--strategy auto`` chose (``metrics.json`` -> ``auto``), else None
     auto: dict[str, Any] | None = None
+    #: a run of several sets: ``("tasks" | "sources", {name: {"val": ..., "test": ...}})``
+    parts: tuple[str, dict[str, Any]] | None = None
 
 
 def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep,
@@ -491,7 +519,35 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
         timing = dict(result.timing)
         with _timed(timing, "test_s"):
             test_m = trainer.evaluate(splits["test"], worst=WORST_EXAMPLES) if splits["test"] else None
-    return Outcome(trainer, result, val_m, test_m, cache, timing)
+        parts = part_scores(trainer, run_data, val_m, test_m)
+    return Outcome(trainer, result, val_m, test_m, cache, timing, parts=parts)
+
+
+def part_scores(trainer, run_data: RunData, val_m, test_m) -> tuple[str, dict] | None:
+    """The figures of each task (from the split metrics) or of each merged source (its
+    samples of each split scored on their own)."""
+    sev = run_data.several
+    if sev is None:
+        return None
+    if sev.kind == "tasks":
+        return "tasks", {name: {"val": summary(val_m["tasks"][name]),
+                                "test": summary(test_m["tasks"][name]) if test_m else None}
+                         for name, _ in sev.tasks}
+    out: dict[str, dict[str, Any]] = {p.name: {"val": None, "test": None}
+                                      for p in sev.parts["train"]}
+    for split, ps in sev.parts.items():
+        if split == "train":
+            continue
+        for p in ps:
+            sub = run_data.splits[split].subset(range(p.start, p.stop))
+            out[p.name][split] = summary(trainer.evaluate(sub))
+    return "sources", out
+
+
+def _log_parts(parts: tuple[str, dict[str, Any]], log) -> None:
+    for name, m in parts[1].items():
+        figures = [f"{k} accuracy {m[k]['accuracy']:.4f}" for k in ("val", "test") if m.get(k)]
+        log(f"{parts[0][:-1]} {name}: " + ", ".join(figures))
 
 
 def _is_main(procs) -> bool:
@@ -510,6 +566,9 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
         metrics.update(_shots_record(cfg, outcome, run_data))
     if outcome.auto:
         metrics["auto"] = outcome.auto
+    if outcome.parts:
+        metrics[outcome.parts[0]] = outcome.parts[1]
+        _log_parts(outcome.parts, log)
     model.eval()
     t0 = time.perf_counter()
     save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
@@ -647,6 +706,10 @@ def recorded_run_config(run_dir: str | os.PathLike) -> RunConfig:
 def _pathish(x):
     if x is None:
         return None
+    if isinstance(x, (list, tuple)):
+        return [_pathish(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _pathish(v) for k, v in x.items()}
     if isinstance(x, (str, os.PathLike)):
         return str(Path(x).resolve())
     return "<in-memory>"
@@ -795,8 +858,32 @@ class TrainedModel:
             return read_inputs(items, "image")
         return samples_from_list(items, self.modality, self.classes)
 
+    @property
+    def tasks(self) -> list[str] | None:
+        """The names of the model's tasks (None: a model of one task)."""
+        bl = blocks(self.model.tasks)
+        return [b.name for b in bl] if bl else None
+
+    def task_classes(self, task: str) -> list[str]:
+        """The class names of one of the model's tasks."""
+        return self._block(task).local(self.classes)
+
+    def _block(self, task: str):
+        bl = blocks(self.model.tasks) or []
+        for b in bl:
+            if b.name == task:
+                return b
+        raise ConfigError(f"--task {task}: the model's tasks are "
+                          + (", ".join(b.name for b in bl) if bl else "none (it has one)"))
+
     def predict_proba(self, inputs) -> np.ndarray:
-        return softmax(self.logits(inputs).astype(np.float64))
+        """Class probabilities; for a model of several tasks, each task's block of columns
+        is its own distribution (sums to 1)."""
+        lg = self.logits(inputs).astype(np.float64)
+        bl = blocks(self.model.tasks)
+        if bl is None:
+            return softmax(lg)
+        return np.concatenate([softmax(lg[:, b.start:b.stop]) for b in bl], axis=1)
 
     def logits(self, inputs) -> np.ndarray:
         s = self._samples(inputs)
@@ -808,15 +895,51 @@ class TrainedModel:
                 out[b.indices.numpy()] = self.model(b.inputs).float().numpy()
         return out
 
-    def predict(self, inputs) -> list[str]:
-        return [self.classes[i] for i in self.logits(inputs).argmax(1)]
+    def predict(self, inputs, *, task: str | None = None) -> list:
+        """Class names; a model of several tasks gives ``{task: class}`` per input (every
+        task from one pass of the backbone), or one task's classes with ``task``."""
+        lg = self.logits(inputs)
+        bl = blocks(self.model.tasks)
+        if bl is None:
+            if task is not None:
+                self._block(task)
+            return [self.classes[i] for i in lg.argmax(1)]
+        if task is not None:
+            b = self._block(task)
+            return [b.local(self.classes)[i] for i in lg[:, b.start:b.stop].argmax(1)]
+        return [{b.name: b.local(self.classes)[int(lg[r, b.start:b.stop].argmax())] for b in bl}
+                for r in range(len(lg))]
 
-    def evaluate(self, data) -> dict[str, Any]:
-        s = self._samples(data, labelled=True)
+    def evaluate(self, data, *, task: str | None = None) -> dict[str, Any]:
+        """Metrics on labelled ``data``; for a model of several tasks, the data holds one
+        task's labels: ``task`` names it (else the one task whose classes hold them)."""
+        s = self._samples(data, labelled=True) if self.tasks is None else self._raw(data)
         if s.labels is None:
             raise DataError(f"{getattr(s, 'source', data)}: no labels to evaluate against")
-        s = s.with_classes(self.classes) if list(s.classes) != self.classes else s
-        return classification_metrics(self.logits(s), s.labels, self.classes)
+        if self.tasks is None:
+            if task is not None:
+                self._block(task)
+            s = s.with_classes(self.classes) if list(s.classes) != self.classes else s
+            return classification_metrics(self.logits(s), s.labels, self.classes)
+        b = self._block(task if task is not None else self._task_of(s))
+        local = b.local(self.classes)
+        s = s.with_classes(local) if list(s.classes) != local else s
+        lg = self.logits(s)[:, b.start:b.stop]
+        return {"task": b.name, **classification_metrics(lg, s.labels, local)}
+
+    def _raw(self, data) -> Samples:
+        if isinstance(data, Samples):
+            return data
+        splits = _read(data, labelled=True)
+        return concat_samples(list(splits.values())) if len(splits) > 1 else next(iter(splits.values()))
+
+    def _task_of(self, s: Samples) -> str:
+        labels = set(s.classes[i] for i in np.unique(s.labels))
+        fits = [t for t in self.tasks if labels <= set(self.task_classes(t))]
+        if len(fits) != 1:
+            raise ConfigError(f"{s.source}: say which task its labels are of (--task "
+                              f"{' | '.join(self.tasks)})")
+        return fits[0]
 
     def save(self, path) -> Path:
         return save_bundle(path, self.model, self.strategy, touched=self._touched,

@@ -46,6 +46,7 @@ def save_bundle(path: str | Path, model, strategy, *, touched: list[str], graysc
         "head": model.head.cfg.to_dict(),
         "strategy": strategy.to_dict(),
         "classes": list(model.classes),
+        **({"tasks": [list(t) for t in model.tasks]} if getattr(model, "tasks", None) else {}),
         "preprocess": bb.preprocess,
         "max_length": getattr(bb, "max_length", None) if bb.modality == "text" else None,
         "grayscale": bool(grayscale),
@@ -127,7 +128,8 @@ def _check_fields(cfg: dict[str, Any], cfg_path: Path) -> None:
 
 
 def _classifier(backbone, cfg: dict[str, Any]):
-    return build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"])
+    return build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"],
+                       cfg.get("tasks"))
 
 
 def _rebuild(cfg: dict[str, Any], path: Path, build=_classifier):

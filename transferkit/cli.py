@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("data")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--task", metavar="NAME", help="a model of several tasks: the task whose "
+                   "labels DATA holds (default: the one task whose classes hold them)")
 
     pr = sub.add_parser("predict", parents=[common], help="predict labels with a bundle")
     pr.add_argument("bundle")
@@ -100,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--draw", metavar="DIR", help="detection: write each image with its boxes "
                     "to DIR")
+    pr.add_argument("--task", metavar="NAME", help="a model of several tasks: print this "
+                    "task's label only (default: every task's)")
     pr.add_argument("--min-score", type=float, default=0.3, help="detection: the lowest "
                     "score a printed or drawn box has (default 0.3)")
 
@@ -225,7 +229,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for section, f, hint in leaves():
         m, dest = meta(f), flat_name(f)
         if dest == "data":
-            groups[section].add_argument("data", nargs="?", help=m["help"])
+            groups[section].add_argument("data", nargs="*", help=m["help"])
+            continue
+        if dest == "tasks":  # given through --task NAME=DATA (see given_settings)
+            continue
+        if dest == "task":
+            groups[section].add_argument("--task", dest="task", action="append", default=None,
+                                         metavar="KIND | NAME=DATA",
+                                         help=m["help"] + f" (default {f.default})")
             continue
         flags, kw = setting_flag(f, hint)
         groups[section].add_argument(*flags, dest=dest, default=None, **kw)
@@ -257,6 +268,38 @@ def given_settings(a: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(a, k) for k in FLAT if getattr(a, k, None) is not None}
     if "options" in out:
         out["options"] = dict(out["options"])
+    for k in ("task_weight",):
+        if k in out:
+            out[k] = _distinct(out[k], "--task-weight")
+    data = out.pop("data", None) or []
+    if data:
+        out["data"] = data[0] if len(data) == 1 else list(data)
+    if "task" in out:
+        out.update(_task_values(out.pop("task")))
+    return out
+
+
+def _distinct(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ConfigError(f"{flag} {k}= is given twice")
+        seen[k] = v
+    return seen
+
+
+def _task_values(values: list[str]) -> dict[str, Any]:
+    """``--task`` values: ``NAME=DATA`` name a task of a multi-task run, a bare word is
+    what to learn (classification, detection)."""
+    named = [_kv(v) for v in values if "=" in v]
+    kinds = [v for v in values if "=" not in v]
+    out: dict[str, Any] = {}
+    if named:
+        out["tasks"] = _distinct(named, "--task")
+    if len(kinds) > 1:
+        raise ConfigError(f"--task {kinds[0]} and --task {kinds[1]}: give what to learn once")
+    if kinds:
+        out["task"] = kinds[0]
     return out
 
 
@@ -270,7 +313,7 @@ def cmd_fit(a) -> int:
         return 0
     cfg = load_config_file(a.config) if a.config else RunConfig()
     cfg = cfg.updated(given_settings(a), where="command line")
-    if cfg.data.path is None and get_strategy(cfg.strategy.name,
+    if cfg.data.path is None and not cfg.data.tasks and get_strategy(cfg.strategy.name,
                                               **cfg.strategy.options).needs_data:
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz), or --resume RUN")
     if launch_processes(cfg.train.processes, a.argv):
@@ -311,12 +354,17 @@ def cmd_evaluate(a) -> int:
     tm = api.load(a.bundle)
     if getattr(tm, "task", "classification") == "detection":
         return _evaluate_detection(tm, a)
-    s = tm._samples(a.data, labelled=True)
-    _say_notes(s, a.quiet)
-    m = tm.evaluate(s)
+    if tm.tasks is None:
+        s = tm._samples(a.data, labelled=True)
+        _say_notes(s, a.quiet)
+        m = tm.evaluate(s, task=a.task)
+    else:
+        m = tm.evaluate(a.data, task=a.task)
     if a.json:
         print(json.dumps(m, indent=2))
         return 0
+    if "task" in m:
+        print(f"task {m['task']}")
     print(f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}  n {m['n']}")
     print(f"{'class':20s} precision  recall      F1  support")
     for c, r in m["per_class"].items():
@@ -385,6 +433,10 @@ def cmd_predict(a) -> int:
         if tm.modality == "image":
             for item, origin in zip(s.items, s.origins):
                 check_image(item, origin)
+    if tm.tasks is not None:
+        return _predict_tasks(tm, s, a)
+    if a.task is not None:
+        tm.task_classes(a.task)  # refuses: the model has one task
     proba = tm.predict_proba(s)
     rows = [{"input": o, "label": tm.classes[int(p.argmax())], "probability": float(p.max()),
              "probabilities": {c: float(v) for c, v in zip(tm.classes, p)}}
@@ -394,6 +446,28 @@ def cmd_predict(a) -> int:
     else:
         for r in rows:
             print(f"{r['label']}\t{r['probability']:.4f}\t{printable(r['input'])}")
+    return 0
+
+
+def _predict_tasks(tm, s, a) -> int:
+    """Every task's label of every input (one backbone pass), or ``--task NAME``'s."""
+    names = [a.task] if a.task is not None else tm.tasks
+    proba = tm.predict_proba(s)
+    rows = []
+    for r, origin in enumerate(s.origins):
+        labels = {}
+        for t in names:
+            b = tm._block(t)
+            p = proba[r, b.start:b.stop]
+            labels[t] = {"label": tm.task_classes(t)[int(p.argmax())],
+                         "probability": float(p.max())}
+        rows.append({"input": origin, "tasks": labels})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        cells = [f"{t}={v['label']}\t{v['probability']:.4f}" for t, v in row["tasks"].items()]
+        print("\t".join(cells) + f"\t{printable(row['input'])}")
     return 0
 
 

@@ -34,13 +34,15 @@ from .version import __version__
 FORMAT_VERSION = 2
 IN_MEMORY = "<in-memory>"
 TASKS = ("classification", "detection")
+MERGES = ("strict", "union")
 
 
 @dataclass
 class DataConfig(Settings):
     section: ClassVar[str] = "data"
 
-    path: str | None = setting(None, "image folder, CSV/TSV, text folder, .tar.gz or .npz",
+    path: str | None = setting(None, "image folder, CSV/TSV, text folder, .tar.gz or .npz; "
+                               "several of one label space are merged (--merge)",
                                flat="data", in_memory=True)
     val: str | None = setting(None, "validation data (else carved from DATA, seeded, "
                               "stratified)", in_memory=True)
@@ -53,8 +55,16 @@ class DataConfig(Settings):
     val_fraction: float = setting(0.15, "share of DATA carved out for validation")
     test_fraction: float = setting(0.15, "share of DATA carved out for test (without --test)")
     task: str = setting("classification", "what to learn: classification (one label per "
-                        "sample) or detection (boxes: DATA is a COCO .json or a YOLO folder)",
+                        "sample) or detection (boxes: DATA is a COCO .json or a YOLO folder); "
+                        "--task NAME=DATA (repeated) names the tasks of a multi-task run",
                         choices=TASKS)
+    tasks: dict[str, Any] = setting(factory=dict, help="several tasks on one backbone, one head "
+                                    "each: task NAME learnt from DATA (--task NAME=DATA, "
+                                    "repeated); --label-column a,b makes one task per column",
+                                    flag="--task", metavar="NAME=DATA", in_memory=True)
+    merge: str = setting("strict", "several DATA of one task merged into one: strict refuses "
+                         "label sets that differ, union keeps every label (and names the ones "
+                         "only some sets have)", choices=MERGES)
     shots: int | None = setting(None, "few-shot: K labelled examples per class, seeded, from "
                                 "the training split (the rest is kept unlabelled); choices "
                                 "are made on the K shots unless --val is given", metavar="K")
@@ -69,6 +79,8 @@ class DataConfig(Settings):
     def validate(self) -> "DataConfig":
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose {', '.join(TASKS)}")
+        if self.merge not in MERGES:
+            raise ConfigError(f"unknown merge {self.merge!r}; choose {', '.join(MERGES)}")
         if self.shots is not None and self.shots < 0:
             raise ConfigError(f"--shots {self.shots}: give 0 (zero-shot) or more labelled "
                               "examples per class")
@@ -236,15 +248,27 @@ class RunConfig:
 
     def in_memory(self) -> bool:
         """Whether some data was given as in-memory samples (the run cannot be replayed)."""
-        return any(meta(f)["in_memory"] and not isinstance(getattr(getattr(self, s), f.name),
-                                                            (str, os.PathLike, type(None)))
+        return any(meta(f)["in_memory"] and not _on_disk(getattr(getattr(self, s), f.name))
                    for s, f, _ in leaves())
+
+
+def _on_disk(v: Any) -> bool:
+    """Whether ``v`` names data by path (or names none): a path, or a list / table of them."""
+    if isinstance(v, (list, tuple)):
+        return all(_on_disk(x) for x in v)
+    if isinstance(v, dict):
+        return all(_on_disk(x) for x in v.values())
+    return isinstance(v, (str, os.PathLike, type(None)))
 
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, os.PathLike):
         return os.fspath(v)
-    if v is None or isinstance(v, (str, int, float, bool, list, dict)):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, (str, int, float, bool)):
         return v
     return IN_MEMORY
 

@@ -142,11 +142,17 @@ class TransferModel(nn.Module):
 
     RESERVED = ("backbone", "head")
 
-    def __init__(self, backbone, head: Head, classes: list[str]):
+    def __init__(self, backbone, head: Head, classes: list[str],
+                 tasks: list[tuple[str, int]] | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.classes = list(classes)
+        #: several tasks: ``[(name, number of classes), ...]``, each owning the next block
+        #: of ``classes`` and of the head's outputs (transferkit.engine.tasks); None: one task
+        self.tasks = [(str(n), int(k)) for n, k in tasks] if tasks else None
+        if self.tasks and sum(k for _, k in self.tasks) != len(self.classes):
+            raise ConfigError(f"tasks {self.tasks} do not cover the {len(self.classes)} classes")
         #: name of the attached module that computes the features, if any
         self.feature_module: str | None = None
 
@@ -180,10 +186,11 @@ class TransferModel(nn.Module):
         return self.head(self.features(batch))
 
 
-def build_model(backbone, head_cfg: HeadConfig, classes: list[str]) -> TransferModel:
+def build_model(backbone, head_cfg: HeadConfig, classes: list[str],
+                tasks: list[tuple[str, int]] | None = None) -> TransferModel:
     cfg = head_cfg.resolved(backbone.output)
     head = Head(cfg, backbone.feature_dim, len(classes))
-    return TransferModel(backbone, head, classes)
+    return TransferModel(backbone, head, classes, tasks)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

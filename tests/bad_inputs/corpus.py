@@ -1375,3 +1375,55 @@ def budget_not_a_duration(ctx):
 def negative_patience(ctx):
     data = image_folder(ctx.root / "imgs")
     return Case(fit(data, ctx, "--patience", "-1"), names=("--patience", "-1"))
+
+
+# --------------------------------------------------------------------------- several sets, tasks
+
+def _tasks_fit(ctx: Context, *extra) -> list:
+    return ["fit", "--backbone", "tiny-wordvec", "--epochs", "1", "--out", ctx.root / "run",
+            "-q", *extra]
+
+
+@case
+def two_tasks_with_one_name(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    b = csv_file(ctx.root / "b.csv", text_rows())
+    return Case(_tasks_fit(ctx, "--task", f"sent={a}", "--task", f"sent={b}"),
+                names=("--task", "sent", "twice"))
+
+
+@case
+def a_task_of_images_on_a_text_backbone(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    imgs = image_folder(ctx.root / "imgs")
+    return Case(_tasks_fit(ctx, "--task", f"sent={a}", "--task", f"pets={imgs}"),
+                names=("image", "text"))
+
+
+@case
+def a_label_column_missing_in_the_table(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(fit_text(data, ctx, "--label-column", "label,mood"), names=("t.csv", "mood"))
+
+
+@case
+def merged_sets_whose_labels_disagree(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    b = csv_file(ctx.root / "b.csv", [("so so this is", "meh")] * 6 + text_rows())
+    return Case(["fit", a, b, "--backbone", "tiny-wordvec", "--epochs", "1", "--out",
+                 ctx.root / "run", "-q"], names=("a.csv", "'meh'", "--merge union"))
+
+
+@case
+def several_tasks_with_a_closed_form_strategy(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    b = csv_file(ctx.root / "b.csv", text_rows())
+    return Case(_tasks_fit(ctx, "--task", f"x={a}", "--task", f"y={b}", "--strategy", "linear"),
+                names=("'linear'", "closed form"))
+
+
+@case
+def an_unknown_task_weight(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    return Case(_tasks_fit(ctx, "--task", f"x={a}", "--task", f"y={a}", "--task-weight",
+                           "x=heavy"), names=("--task-weight", "heavy"))

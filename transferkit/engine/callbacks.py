@@ -18,7 +18,6 @@ from ..events import Callback
 from ..io import write_text
 from .checkpoint import read_checkpoint, write_checkpoint
 from .domain import selection_key
-from .metrics import classification_metrics
 
 HISTORY_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                    "lr", "seconds"]
@@ -65,7 +64,7 @@ class ValidationScores(Callback):
     def on_epoch_end(self, state, record) -> None:
         t0 = time.perf_counter()
         z, logits = state.trainer.split_outputs("val", state.data["val"], state.cached)
-        m = classification_metrics(logits, state.data["val"].labels, state.model.classes)
+        m = state.trainer.metrics(logits, state.data["val"].labels)
         state.val_outputs, state.val_metrics = (z, logits), m
         record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
         state.timing["eval_s"] += time.perf_counter() - t0

@@ -8,7 +8,7 @@ spelling (:func:`~transferkit.settings.setting`); the ``fit`` command's flags, c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..settings import Settings, setting
@@ -16,6 +16,7 @@ from .budget import parse_duration
 from .domain import CRITERIA
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+TASK_SAMPLING = ("proportional", "temperature", "equal")
 SCHEDULES = ("cosine", "constant", "linear")
 DEVICES = ("cpu", "cuda", "auto", "mps")
 #: the label-free criterion used when adapting to a target domain (see engine/domain.py)
@@ -61,6 +62,12 @@ class TrainConfig(Settings):
     #: validation accuracy
     select: str = setting("auto", "label-free criterion choosing the epoch of a domain-"
                           "adaptation run (auto = dev)", choices=("auto",) + CRITERIA)
+    task_weight: dict[str, Any] = setting(factory=dict, help="several tasks: the loss weight of "
+                                          "task NAME (default 1)", metavar="NAME=W")
+    task_sampling: str = setting("proportional", "several tasks: each task's share of the "
+                                 "training signal: proportional to its size, by temperature "
+                                 "(n ** 1/T), or equal", choices=TASK_SAMPLING)
+    task_temperature: float = setting(2.0, "the temperature T of --task-sampling temperature")
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -85,10 +92,28 @@ class TrainConfig(Settings):
             raise ConfigError(f"--processes must be >= 1, got {self.processes}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}")
+        if self.task_sampling not in TASK_SAMPLING:
+            raise ConfigError(f"unknown task sampling {self.task_sampling!r}; choose "
+                              + ", ".join(TASK_SAMPLING))
+        if not self.task_temperature > 0:
+            raise ConfigError(f"--task-temperature must be > 0, got {self.task_temperature}")
+        self.task_weights()
         if self.select not in ("auto",) + CRITERIA:
             raise ConfigError(f"unknown selection criterion {self.select!r}; choose auto, "
                               + ", ".join(CRITERIA))
         return self
+
+    def task_weights(self) -> dict[str, float]:
+        """``--task-weight NAME=W`` as floats (each >= 0)."""
+        out = {}
+        for name, w in self.task_weight.items():
+            try:
+                out[str(name)] = float(w)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--task-weight {name}={w}: the weight must be a number") from None
+            if not out[str(name)] >= 0:
+                raise ConfigError(f"--task-weight {name}={w}: the weight must be >= 0")
+        return out
 
     @property
     def budget_seconds(self) -> float | None:

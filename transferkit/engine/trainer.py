@@ -41,6 +41,7 @@ from .domain import DomainData, DomainScores, Snapshots, summarize_selection
 from .features import Features
 from .inputs import InputPipeline
 from .metrics import classification_metrics
+from .tasks import block_of, blocks, per_sample_loss, sampling_weights, task_metrics
 from .schedules import build_scheduler
 
 
@@ -211,6 +212,7 @@ class Trainer:
         self.state: FitState | None = None
         self._snapshots: Snapshots | None = None
         self._val = None
+        self._task_weights: list[float] | None = None
 
     # ------------------------------------------------------------------ services
     def split_features(self, name: str, samples) -> torch.Tensor:
@@ -263,9 +265,36 @@ class Trainer:
         feats = self.features.get(name, samples) if use_cache else None
         t0 = time.perf_counter()
         lg = self.logits(samples, features=feats)
-        m = classification_metrics(lg, samples.labels, self.model.classes, worst=worst)
+        m = self.metrics(lg, samples.labels, worst=worst)
         self.timing["eval_s"] += time.perf_counter() - t0
         return m
+
+    def metrics(self, logits: np.ndarray, labels, *, worst: int = 0) -> dict[str, Any]:
+        """Classification metrics of ``logits``; for a model of several tasks each sample is
+        scored by its own task's head and the summary is the tasks' average (:mod:`.tasks`)."""
+        if self.blocks is not None:
+            return task_metrics(logits, labels, self.model.classes, self.blocks,
+                                classification_metrics, worst=worst)
+        return classification_metrics(logits, labels, self.model.classes, worst=worst)
+
+    @property
+    def blocks(self):
+        """The model's tasks as blocks of its classes (:mod:`.tasks`), or None (one task)."""
+        return blocks(getattr(self.model, "tasks", None))
+
+    def task_weights(self, state: FitState) -> list[float] | None:
+        """Each task's loss weight: its share under ``--task-sampling`` times its
+        ``--task-weight`` (computed once per fit from the training labels)."""
+        bl = self.blocks
+        if bl is None:
+            return None
+        if self._task_weights is None:
+            counts = np.bincount(block_of(state.data["train"].labels, bl), minlength=len(bl))
+            share = sampling_weights(counts.tolist(), self.cfg.task_sampling,
+                                     self.cfg.task_temperature)
+            given = self.cfg.task_weights()
+            self._task_weights = [s * given.get(b.name, 1.0) for s, b in zip(share, bl)]
+        return self._task_weights
 
     def state_tensors(self, names) -> dict[str, torch.Tensor]:
         sd = self.model.state_dict()
@@ -342,6 +371,10 @@ class Trainer:
         if not stages:
             raise ConfigError(f"strategy {self.strategy.name!r} gave no training stage")
         check_something_trains(self.strategy.name, stages, self.cfg.epochs)
+        if self.blocks is not None and any(st.solve is not None for st in stages):
+            raise ConfigError(f"strategy {self.strategy.name!r} solves its head in closed form "
+                              "over one label set; several tasks need a strategy that trains "
+                              "by gradient (see `transferkit list strategies`)")
         if domain is not None:
             self._snapshots = Snapshots(domain, val, self.cfg.seed)
         self._domain = domain
@@ -488,7 +521,8 @@ class Trainer:
         value times the batch size is added to ``sums`` under its name)."""
         fire("on_batch_start", batch)
         self._forward(state.stage, batch, state.cached)
-        per = loss_fn(batch.logits, batch.labels)
+        per = per_sample_loss(batch.logits, batch.labels, self.blocks, loss_fn,
+                              self.task_weights(state))
         if not state.stage.task_loss:
             loss = per.sum() * 0.0  # the callbacks' terms alone
         elif batch.weights is not None:
