@@ -207,3 +207,49 @@ def test_predict_prints_every_task(two_tasks, capsys):
     assert line.startswith("sent=") and "\tlen=" in line
     assert main(["predict", str(run / "bundle"), "--text", "x y", "--task", "nope"]) == 2
     assert "sent, len" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- weight sharing
+
+def test_domain_norm_standardises_each_domain_on_its_own():
+    from transferkit.heads import DomainParts
+
+    torch.manual_seed(0)
+    parts = DomainParts("norm", 4, 2).train()
+    x = torch.cat([torch.randn(50, 4) * 3 + 10, torch.randn(50, 4) * 0.1 - 5])
+    d = torch.tensor([0] * 50 + [1] * 50)
+    y = parts(x, d)
+    for k in (0, 1):
+        torch.testing.assert_close(y[d == k].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y[d == k].std(0, unbiased=False), torch.ones(4), atol=1e-3,
+                                   rtol=0)
+
+
+def test_domain_adapters_start_as_the_identity():
+    from transferkit.heads import DomainParts
+
+    parts = DomainParts("adapter", 8, 3)
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(parts(x, torch.tensor([0, 1, 2, 0, 1, 2])), x)
+
+
+@pytest.mark.parametrize("kind", ["norm", "adapter"])
+def test_weight_sharing_bundle_keeps_every_domain_part(tmp_path, kind, capsys):
+    from conftest import make_text_csv
+
+    a = make_text_csv(tmp_path / "shop.csv", 12, seed=0)
+    b = make_text_csv(tmp_path / "films.csv", 12, seed=1)
+    tm = transferkit.fit([str(a), str(b)], domain_specific=kind, backbone="tiny-bert",
+                         strategy="finetune", epochs=2, seed=0, quiet=True, out=tmp_path / "run")
+    assert tm.domains == [str(a), str(b)]
+    names = json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())["tensors"]
+    assert any(n.startswith("head.domain.parts.1.") for n in names)
+    loaded = transferkit.load(tmp_path / "run" / "bundle")
+    texts = [t for t, _ in make_text_rows(3, seed=5)]
+    np.testing.assert_allclose(loaded.logits(texts, domain="films"),
+                               tm.logits(texts, domain="films"), atol=1e-5)
+    assert set(tm.metrics["sources"]) == {str(a), str(b)}
+    run = tmp_path / "run" / "bundle"
+    assert main(["predict", str(run), "--text", "good fun"]) == 2
+    assert "--domain shop | films" in capsys.readouterr().err
+    assert main(["predict", str(run), "--text", "good fun", "--domain", "shop"]) == 0

@@ -475,7 +475,10 @@ def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
     _seed_everything(cfg.train.seed)
     bb = build_backbone(name, **_backbone_kwargs(cfg, name, run_data.modality))
     log(f"backbone: {bb.describe()}")
-    return build_model(bb, head_cfg, run_data.classes, run_data.tasks), bb
+    sev = run_data.several
+    domains = ([p.name for p in sev.parts["train"]]
+               if sev is not None and sev.kind == "merge" and head_cfg.domain_specific else None)
+    return build_model(bb, head_cfg, run_data.classes, run_data.tasks, domains), bb
 
 
 @dataclass
@@ -876,29 +879,54 @@ class TrainedModel:
         raise ConfigError(f"--task {task}: the model's tasks are "
                           + (", ".join(b.name for b in bl) if bl else "none (it has one)"))
 
-    def predict_proba(self, inputs) -> np.ndarray:
+    def predict_proba(self, inputs, *, domain: str | None = None) -> np.ndarray:
         """Class probabilities; for a model of several tasks, each task's block of columns
         is its own distribution (sums to 1)."""
-        lg = self.logits(inputs).astype(np.float64)
+        lg = self.logits(inputs, domain=domain).astype(np.float64)
         bl = blocks(self.model.tasks)
         if bl is None:
             return softmax(lg)
         return np.concatenate([softmax(lg[:, b.start:b.stop]) for b in bl], axis=1)
 
-    def logits(self, inputs) -> np.ndarray:
+    def logits(self, inputs, *, domain: str | None = None) -> np.ndarray:
+        """Raw logits; ``domain``: the input domain of every input, for a model with
+        domain-specific parts (weight sharing)."""
         s = self._samples(inputs)
+        d = self.domain_index(domain)
         pipe = InputPipeline(self.model.backbone, grayscale=self.config.get("grayscale", False))
         self.model.eval()
         out = np.zeros((len(s), len(self.classes)), dtype=np.float32)
         with torch.inference_mode():
             for b in pipe.batches(s, batch_size=TrainConfig.eval_batch_size):
-                out[b.indices.numpy()] = self.model(b.inputs).float().numpy()
+                doms = None if d is None else torch.full((len(b.indices),), d, dtype=torch.long)
+                out[b.indices.numpy()] = self.model(b.inputs, doms).float().numpy()
         return out
 
-    def predict(self, inputs, *, task: str | None = None) -> list:
+    @property
+    def domains(self) -> list[str] | None:
+        """The input domains of a model with domain-specific parts, else None."""
+        return self.model.domains
+
+    def domain_index(self, domain: str | None) -> int | None:
+        """The index of ``domain`` (its name as trained, or that path's file name or stem)."""
+        names = self.model.domains
+        if not names:
+            if domain is not None:
+                raise ConfigError(f"--domain {domain}: this model has no domain-specific parts")
+            return None
+        if domain is None:
+            raise ConfigError("this model keeps a part per input domain: say which the inputs "
+                              "come from (--domain " + " | ".join(_short(n) for n in names) + ")")
+        for i, n in enumerate(names):
+            if domain in (n, Path(n).name, Path(n).stem):
+                return i
+        raise ConfigError(f"--domain {domain}: the model's domains are "
+                          + ", ".join(_short(n) for n in names))
+
+    def predict(self, inputs, *, task: str | None = None, domain: str | None = None) -> list:
         """Class names; a model of several tasks gives ``{task: class}`` per input (every
         task from one pass of the backbone), or one task's classes with ``task``."""
-        lg = self.logits(inputs)
+        lg = self.logits(inputs, domain=domain)
         bl = blocks(self.model.tasks)
         if bl is None:
             if task is not None:
@@ -910,9 +938,11 @@ class TrainedModel:
         return [{b.name: b.local(self.classes)[int(lg[r, b.start:b.stop].argmax())] for b in bl}
                 for r in range(len(lg))]
 
-    def evaluate(self, data, *, task: str | None = None) -> dict[str, Any]:
+    def evaluate(self, data, *, task: str | None = None, domain: str | None = None
+                 ) -> dict[str, Any]:
         """Metrics on labelled ``data``; for a model of several tasks, the data holds one
-        task's labels: ``task`` names it (else the one task whose classes hold them)."""
+        task's labels: ``task`` names it (else the one task whose classes hold them);
+        ``domain``: the data's input domain, for a model with domain-specific parts."""
         s = self._samples(data, labelled=True) if self.tasks is None else self._raw(data)
         if s.labels is None:
             raise DataError(f"{getattr(s, 'source', data)}: no labels to evaluate against")
@@ -920,11 +950,11 @@ class TrainedModel:
             if task is not None:
                 self._block(task)
             s = s.with_classes(self.classes) if list(s.classes) != self.classes else s
-            return classification_metrics(self.logits(s), s.labels, self.classes)
+            return classification_metrics(self.logits(s, domain=domain), s.labels, self.classes)
         b = self._block(task if task is not None else self._task_of(s))
         local = b.local(self.classes)
         s = s.with_classes(local) if list(s.classes) != local else s
-        lg = self.logits(s)[:, b.start:b.stop]
+        lg = self.logits(s, domain=domain)[:, b.start:b.stop]
         return {"task": b.name, **classification_metrics(lg, s.labels, local)}
 
     def _raw(self, data) -> Samples:
@@ -944,6 +974,10 @@ class TrainedModel:
     def save(self, path) -> Path:
         return save_bundle(path, self.model, self.strategy, touched=self._touched,
                            grayscale=self.config.get("grayscale", False))
+
+
+def _short(name: str) -> str:
+    return Path(name).stem or name
 
 
 def samples_from_list(items: list, modality: str, classes: list[str], labels=None):

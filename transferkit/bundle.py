@@ -47,6 +47,7 @@ def save_bundle(path: str | Path, model, strategy, *, touched: list[str], graysc
         "strategy": strategy.to_dict(),
         "classes": list(model.classes),
         **({"tasks": [list(t) for t in model.tasks]} if getattr(model, "tasks", None) else {}),
+        **({"domains": list(model.domains)} if getattr(model, "domains", None) else {}),
         "preprocess": bb.preprocess,
         "max_length": getattr(bb, "max_length", None) if bb.modality == "text" else None,
         "grayscale": bool(grayscale),
@@ -129,7 +130,7 @@ def _check_fields(cfg: dict[str, Any], cfg_path: Path) -> None:
 
 def _classifier(backbone, cfg: dict[str, Any]):
     return build_model(backbone, HeadConfig.from_dict(cfg["head"]), cfg["classes"],
-                       cfg.get("tasks"))
+                       cfg.get("tasks"), cfg.get("domains"))
 
 
 def _rebuild(cfg: dict[str, Any], path: Path, build=_classifier):

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.add_argument("--task", metavar="NAME", help="a model of several tasks: the task whose "
                    "labels DATA holds (default: the one task whose classes hold them)")
+    e.add_argument("--domain", metavar="NAME", help="a model with domain-specific parts: "
+                   "the input domain DATA comes from")
 
     pr = sub.add_parser("predict", parents=[common], help="predict labels with a bundle")
     pr.add_argument("bundle")
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "to DIR")
     pr.add_argument("--task", metavar="NAME", help="a model of several tasks: print this "
                     "task's label only (default: every task's)")
+    pr.add_argument("--domain", metavar="NAME", help="a model with domain-specific parts: "
+                    "the input domain the inputs come from")
     pr.add_argument("--min-score", type=float, default=0.3, help="detection: the lowest "
                     "score a printed or drawn box has (default 0.3)")
 
@@ -357,9 +361,9 @@ def cmd_evaluate(a) -> int:
     if tm.tasks is None:
         s = tm._samples(a.data, labelled=True)
         _say_notes(s, a.quiet)
-        m = tm.evaluate(s, task=a.task)
+        m = tm.evaluate(s, task=a.task, domain=a.domain)
     else:
-        m = tm.evaluate(a.data, task=a.task)
+        m = tm.evaluate(a.data, task=a.task, domain=a.domain)
     if a.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -437,7 +441,7 @@ def cmd_predict(a) -> int:
         return _predict_tasks(tm, s, a)
     if a.task is not None:
         tm.task_classes(a.task)  # refuses: the model has one task
-    proba = tm.predict_proba(s)
+    proba = tm.predict_proba(s, domain=a.domain)
     rows = [{"input": o, "label": tm.classes[int(p.argmax())], "probability": float(p.max()),
              "probabilities": {c: float(v) for c, v in zip(tm.classes, p)}}
             for o, p in zip(s.origins, proba)]
@@ -452,7 +456,7 @@ def cmd_predict(a) -> int:
 def _predict_tasks(tm, s, a) -> int:
     """Every task's label of every input (one backbone pass), or ``--task NAME``'s."""
     names = [a.task] if a.task is not None else tm.tasks
-    proba = tm.predict_proba(s)
+    proba = tm.predict_proba(s, domain=a.domain)
     rows = []
     for r, origin in enumerate(s.origins):
         labels = {}

@@ -24,6 +24,9 @@ from .errors import ConfigError
 from .settings import Settings, setting
 
 HEAD_KINDS = ("auto", "linear", "mlp", "bilstm")
+DOMAIN_PARTS = ("norm", "adapter")
+#: bottleneck width of a domain adapter
+ADAPTER_WIDTH = 64
 
 
 @dataclass
@@ -37,6 +40,11 @@ class HeadConfig(Settings):
                         flag="--head", choices=HEAD_KINDS, flat="head")
     hidden: int = setting(256, "hidden units of an mlp / bilstm head")
     dropout: float = setting(0.2, "head dropout")
+    domain_specific: str | None = setting(None, "weight sharing over several DATA (one domain "
+                                          "each): every domain its own normalisation (norm) "
+                                          "or residual adapter (adapter) of the pooled "
+                                          "features, under the shared backbone and head",
+                                          choices=DOMAIN_PARTS)
 
     def validate(self) -> "HeadConfig":
         if self.kind not in HEAD_KINDS:
@@ -45,6 +53,9 @@ class HeadConfig(Settings):
             raise ConfigError(f"head dropout must be in [0, 1), got {self.dropout}")
         if self.hidden < 1:
             raise ConfigError(f"head hidden size must be >= 1, got {self.hidden}")
+        if self.domain_specific is not None and self.domain_specific not in DOMAIN_PARTS:
+            raise ConfigError(f"unknown --domain-specific {self.domain_specific!r}; choose "
+                              + ", ".join(DOMAIN_PARTS))
         return self
 
     def resolved(self, backbone_output: str) -> "HeadConfig":
@@ -55,7 +66,51 @@ class HeadConfig(Settings):
         if kind == "bilstm" and backbone_output != "sequence":
             raise ConfigError("head 'bilstm' needs a backbone that yields token vectors "
                               "(wordllama or vectors:FILE)")
-        return HeadConfig(kind=kind, hidden=self.hidden, dropout=self.dropout)
+        if self.domain_specific is not None and kind == "bilstm":
+            raise ConfigError("--domain-specific acts on pooled features; head 'bilstm' reads "
+                              "token vectors")
+        return HeadConfig(kind=kind, hidden=self.hidden, dropout=self.dropout,
+                          domain_specific=self.domain_specific)
+
+
+class DomainParts(nn.Module):
+    """One small part per input domain on the pooled features: ``norm`` standardises each
+    domain's features with its own batch statistics and affine scale / shift (domain-specific
+    batch normalisation, on the features), ``adapter`` adds a residual bottleneck of its
+    own (``x + up(gelu(down(x)))``, ``up`` starting at zero so training starts from the
+    shared model)."""
+
+    def __init__(self, kind: str, dim: int, domains: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "norm":
+            self.parts = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(domains))
+        else:
+            self.parts = nn.ModuleList(nn.Sequential(nn.Linear(dim, ADAPTER_WIDTH), nn.GELU(),
+                                                     nn.Linear(ADAPTER_WIDTH, dim))
+                                       for _ in range(domains))
+            for p in self.parts:
+                nn.init.zeros_(p[2].weight)
+                nn.init.zeros_(p[2].bias)
+
+    def forward(self, x: torch.Tensor, domains: torch.Tensor | None) -> torch.Tensor:
+        if domains is None:
+            raise ConfigError("this model keeps a part per input domain: say which domain the "
+                              "inputs come from (--domain NAME)")
+        out = torch.empty_like(x)
+        for d, part in enumerate(self.parts):
+            rows = (domains == d).nonzero(as_tuple=True)[0]
+            if len(rows) == 0:
+                continue
+            xs = x[rows]
+            if self.kind == "norm" and self.training and len(rows) == 1:
+                part.eval()  # one sample has no batch statistics: use the running ones
+                y = part(xs)
+                part.train()
+            else:
+                y = part(xs) if self.kind == "norm" else xs + part(xs)
+            out = out.index_put((rows,), y)
+        return out
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,11 +119,14 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    def __init__(self, cfg: HeadConfig, in_dim: int, num_classes: int):
+    def __init__(self, cfg: HeadConfig, in_dim: int, num_classes: int, domains: int = 0):
         super().__init__()
         self.cfg = cfg
         self.kind = cfg.kind
         self.dropout = nn.Dropout(cfg.dropout)
+        #: the domain-specific parts (weight sharing), or None
+        self.domain = (DomainParts(cfg.domain_specific, in_dim, domains)
+                       if cfg.domain_specific is not None else None)
         if cfg.kind == "linear":
             self.fc = nn.Linear(in_dim, num_classes)
         elif cfg.kind == "mlp":
@@ -104,6 +162,8 @@ class Head(nn.Module):
         x = feats.get("pooled")
         if x is None:
             x = masked_mean(feats["tokens"], feats["mask"])
+        if self.domain is not None:
+            x = self.domain(x, feats.get("domain"))
         if self.kind == "mlp":
             x = self.act(self.hidden(self.dropout(x)))
         return x
@@ -143,7 +203,7 @@ class TransferModel(nn.Module):
     RESERVED = ("backbone", "head")
 
     def __init__(self, backbone, head: Head, classes: list[str],
-                 tasks: list[tuple[str, int]] | None = None):
+                 tasks: list[tuple[str, int]] | None = None, domains: list[str] | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -153,6 +213,8 @@ class TransferModel(nn.Module):
         self.tasks = [(str(n), int(k)) for n, k in tasks] if tasks else None
         if self.tasks and sum(k for _, k in self.tasks) != len(self.classes):
             raise ConfigError(f"tasks {self.tasks} do not cover the {len(self.classes)} classes")
+        #: the input domains of a model with domain-specific parts (in their index order)
+        self.domains = list(domains) if domains else None
         #: name of the attached module that computes the features, if any
         self.feature_module: str | None = None
 
@@ -182,15 +244,23 @@ class TransferModel(nn.Module):
         reading token vectors)."""
         return self.feature_module is None and self.head.reads == "pooled"
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.head(self.features(batch))
+    def forward(self, batch: Any, domains: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``batch``; ``domains``: each input's domain index, for a model with
+        domain-specific parts."""
+        feats = self.features(batch)
+        if domains is not None:
+            feats = {**feats, "domain": domains}
+        return self.head(feats)
 
 
 def build_model(backbone, head_cfg: HeadConfig, classes: list[str],
-                tasks: list[tuple[str, int]] | None = None) -> TransferModel:
+                tasks: list[tuple[str, int]] | None = None,
+                domains: list[str] | None = None) -> TransferModel:
     cfg = head_cfg.resolved(backbone.output)
-    head = Head(cfg, backbone.feature_dim, len(classes))
-    return TransferModel(backbone, head, classes, tasks)
+    if cfg.domain_specific is not None and not domains:
+        raise ConfigError("--domain-specific needs several DATA (one input domain each)")
+    head = Head(cfg, backbone.feature_dim, len(classes), len(domains or []))
+    return TransferModel(backbone, head, classes, tasks, domains if cfg.domain_specific else None)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

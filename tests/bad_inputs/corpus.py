@@ -1427,3 +1427,10 @@ def an_unknown_task_weight(ctx):
     a = csv_file(ctx.root / "a.csv", text_rows())
     return Case(_tasks_fit(ctx, "--task", f"x={a}", "--task", f"y={a}", "--task-weight",
                            "x=heavy"), names=("--task-weight", "heavy"))
+
+
+@case
+def domain_specific_parts_without_several_sets(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(fit_text(data, ctx, "--domain-specific", "norm", "--head", "linear"),
+                names=("--domain-specific", "several DATA"))

@@ -57,6 +57,8 @@ class Samples:
     origins: list[str]
     source: str
     notes: list[str] = field(default_factory=list)
+    #: per item, the index of the input domain it came from (several sets merged), or None
+    domains: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -74,6 +76,10 @@ class Samples:
                 raise ValueError(f"{len(self.items)} items but {len(self.labels)} labels")
             if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
                 raise ValueError("labels must index into classes")
+        if self.domains is not None:
+            self.domains = np.asarray(self.domains, dtype=np.int64).reshape(-1)
+            if len(self.domains) != len(self.items):
+                raise ValueError(f"{len(self.items)} items but {len(self.domains)} domains")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,6 +114,7 @@ class Samples:
             origins=[self.origins[i] for i in idx],
             source=self.source,
             notes=list(self.notes),
+            domains=None if self.domains is None else self.domains[idx].copy(),
         )
 
     def with_classes(self, classes: Sequence[str]) -> Samples:
@@ -118,7 +125,7 @@ class Samples:
         classes = [str(name) for name in classes]
         if self.labels is None:
             return Samples(self.modality, list(self.items), None, classes,
-                           list(self.origins), self.source, list(self.notes))
+                           list(self.origins), self.source, list(self.notes), self.domains)
         position = {name: i for i, name in enumerate(classes)}
         mapping = np.array([position.get(name, -1) for name in self.classes], dtype=np.int64)
         labels = mapping[self.labels] if len(mapping) else self.labels.copy()
@@ -129,7 +136,7 @@ class Samples:
             raise DataError(f"{self.origins[first]}: label {name!r} is not one of the model's "
                             f"classes: {', '.join(classes)}")
         return Samples(self.modality, list(self.items), labels, classes,
-                       list(self.origins), self.source, list(self.notes))
+                       list(self.origins), self.source, list(self.notes), self.domains)
 
     def fingerprint(self) -> str:
         """A SHA-256 hex digest of the modality, items, labels and classes.

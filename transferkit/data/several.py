@@ -91,9 +91,15 @@ def merge_sets(named: dict[str, dict[str, Samples | None]], mode: str, log: Call
                             "sets must share one label set (--merge union joins them)")
         log(f"merge: {n} lacks the label(s) {', '.join(map(repr, lacking))}")
     classes = sort_classes(every)
-    aligned = {n: {k: (v.with_classes(classes) if v is not None else None) for k, v in s.items()}
-               for n, s in named.items()}
+    aligned = {n: {k: (_in_domain(v.with_classes(classes), d) if v is not None else None)
+                   for k, v in s.items()} for d, (n, s) in enumerate(named.items())}
     return _join(aligned)
+
+
+def _in_domain(s: Samples, d: int) -> Samples:
+    """``s`` with every item marked as coming from input domain ``d``."""
+    s.domains = np.full(len(s), d, dtype=np.int64)
+    return s
 
 
 def _prefixed(s: Samples | None, task: str) -> Samples | None:

@@ -176,6 +176,8 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
         origins=[origin for part in aligned for origin in part.origins],
         source=sources[0] if len(sources) == 1 else ", ".join(sources),
         notes=list(dict.fromkeys(note for part in parts for note in part.notes)),
+        domains=(np.concatenate([part.domains for part in parts])
+                 if all(part.domains is not None for part in parts) else None),
     )
 
 

@@ -231,7 +231,8 @@ class Trainer:
         if features is not None:
             zs, lgs = [], []
             for i in range(0, len(features), 1024):
-                z = head.embed({"pooled": features[i:i + 1024].to(self.device)})
+                z = head.embed(self._with_domains({"pooled": features[i:i + 1024].to(self.device)},
+                                                  samples, np.arange(i, min(i + 1024, n))))
                 zs.append(z.float().cpu())
                 lgs.append(head.classify(z).float().cpu())
             if not zs:
@@ -240,7 +241,7 @@ class Trainer:
         z_all = np.zeros((n, head.embed_dim), dtype=np.float32)
         lg_all = np.zeros((n, k), dtype=np.float32)
         for b in self.pipeline.batches(samples, batch_size=self.cfg.eval_batch_size):
-            z = head.embed(model.features(b.inputs))
+            z = head.embed(self._with_domains(model.features(b.inputs), samples, b.indices))
             idx = b.indices.numpy()
             z_all[idx] = z.float().cpu().numpy()
             lg_all[idx] = head.classify(z).float().cpu().numpy()
@@ -371,10 +372,12 @@ class Trainer:
         if not stages:
             raise ConfigError(f"strategy {self.strategy.name!r} gave no training stage")
         check_something_trains(self.strategy.name, stages, self.cfg.epochs)
-        if self.blocks is not None and any(st.solve is not None for st in stages):
-            raise ConfigError(f"strategy {self.strategy.name!r} solves its head in closed form "
-                              "over one label set; several tasks need a strategy that trains "
-                              "by gradient (see `transferkit list strategies`)")
+        if any(st.solve is not None for st in stages):
+            if self.blocks is not None or getattr(model.head, "domain", None) is not None:
+                what = "several tasks" if self.blocks is not None else "domain-specific parts"
+                raise ConfigError(f"strategy {self.strategy.name!r} solves its head in closed "
+                                  f"form; {what} need a strategy that trains by gradient (see "
+                                  "`transferkit list strategies`)")
         if domain is not None:
             self._snapshots = Snapshots(domain, val, self.cfg.seed)
         self._domain = domain
@@ -547,7 +550,8 @@ class Trainer:
             order = torch.randperm(len(train), generator=g)
             for idx in order.split(bs):
                 idx = self.processes.share(idx)
-                yield Batch({"pooled": feats[idx].to(self.device)}, y_all[idx].to(self.device), idx)
+                inputs = self._with_domains({"pooled": feats[idx].to(self.device)}, train, idx)
+                yield Batch(inputs, y_all[idx].to(self.device), idx)
             return
         for inputs, labels, idx in self._live_batches(train, state.epoch_seed):
             yield Batch(inputs, labels, idx)
@@ -584,7 +588,7 @@ class Trainer:
         if self.processes.world > 1 or not len(state.data["train"]):
             return 0.0, 0.0
         batches = iter(self._live_batches(state.data["train"], state.epoch_seed))
-        inputs, labels, _ = next(batches)
+        inputs, labels, idx = next(batches)
         t0 = time.perf_counter()
         second = next(batches, None)
         decode_s = (time.perf_counter() - t0) / len(second[1]) if second is not None else 0.0
@@ -595,7 +599,7 @@ class Trainer:
         self.model.eval()
         t1 = time.perf_counter()
         with torch.no_grad():
-            self._forward(state.stage, Batch(inputs, labels[:k], None), False)
+            self._forward(state.stage, Batch(inputs, labels[:k], idx[:k]), False)
         forward_s = (time.perf_counter() - t1) / k
         self.model.train(was_training)
         return decode_s, forward_s
@@ -622,8 +626,19 @@ class Trainer:
                     if len(idx) > 1:
                         yield inputs
 
+    def _with_domains(self, feats: dict, samples, idx) -> dict:
+        """``feats`` with each sample's input-domain index (``"domain"``) when ``samples``
+        come from several domains; the head's domain-specific parts read it."""
+        if samples is None or samples.domains is None or idx is None:
+            return feats
+        d = torch.as_tensor(samples.domains[np.asarray(idx)], device=self.device)
+        return {**feats, "domain": d}
+
     def _forward(self, stage, batch: Batch, cached: bool) -> None:
         feats, streams = self._forward_features(stage, batch.inputs, batch.streams, cached)
+        if not cached:
+            feats = self._with_domains(feats, self.state.data["train"] if self.state else None,
+                                       batch.indices)
         head = self.model.head
         batch.features = feats
         batch.embed = head.embed(feats)
