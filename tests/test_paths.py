@@ -20,6 +20,7 @@ def test_status_follows_the_registry_and_the_settings(monkeypatch):
     by_name = {p.name: p for p in paths.PATHS}
     assert by_name["task fine-tuning"].status == "ready"
     assert by_name["domain adaptation"].status == "ready"
+    assert all(p.status == "ready" for p in paths.PATHS)  # every cell has its command now
     monkeypatch.setattr(paths, "FLAT", {})
     assert by_name["dataset merging"].status.startswith("not yet")
     monkeypatch.setattr(paths, "FLAT", {"merge": ("data", "merge")})

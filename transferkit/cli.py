@@ -64,6 +64,31 @@ def _kv(s: str) -> tuple[str, str]:
 FIT_COMMAND_FLAGS = ("help", "debug", "config", "resume")
 
 
+def _add_bundle_commands(sub, common) -> None:
+    """``evaluate`` and ``predict``: what a saved bundle does with new data."""
+    e = sub.add_parser("evaluate", parents=[common], help="score a bundle on labelled data")
+    e.add_argument("bundle")
+    e.add_argument("data")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--task", metavar="NAME", help="a model of several tasks: the task whose "
+                   "labels DATA holds (default: the one task whose classes hold them)")
+
+    pr = sub.add_parser("predict", parents=[common], help="predict labels with a bundle")
+    pr.add_argument("bundle")
+    pr.add_argument("inputs", nargs="+", help="files, a folder, a CSV, or texts with --text")
+    pr.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--draw", metavar="DIR", help="detection: write each image with its boxes "
+                    "to DIR")
+    pr.add_argument("--task", metavar="NAME", help="a model of several tasks: print this "
+                    "task's label only (default: every task's)")
+    pr.add_argument("--min-score", type=float, default=0.3, help="detection: the lowest "
+                    "score a printed or drawn box has (default 0.3)")
+    for p in (e, pr):
+        p.add_argument("--domain", metavar="NAME", help="a model with domain-specific parts: "
+                       "the input domain the data comes from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -88,28 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings, nested by section or flat (flags win)")
     f.add_argument("--resume", metavar="RUN", help="finish an interrupted run from its last checkpoint")
 
-    e = sub.add_parser("evaluate", parents=[common], help="score a bundle on labelled data")
-    e.add_argument("bundle")
-    e.add_argument("data")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--task", metavar="NAME", help="a model of several tasks: the task whose "
-                   "labels DATA holds (default: the one task whose classes hold them)")
-    e.add_argument("--domain", metavar="NAME", help="a model with domain-specific parts: "
-                   "the input domain DATA comes from")
-
-    pr = sub.add_parser("predict", parents=[common], help="predict labels with a bundle")
-    pr.add_argument("bundle")
-    pr.add_argument("inputs", nargs="+", help="files, a folder, a CSV, or texts with --text")
-    pr.add_argument("--text", action="store_true", help="treat INPUTS as texts, not paths")
-    pr.add_argument("--json", action="store_true")
-    pr.add_argument("--draw", metavar="DIR", help="detection: write each image with its boxes "
-                    "to DIR")
-    pr.add_argument("--task", metavar="NAME", help="a model of several tasks: print this "
-                    "task's label only (default: every task's)")
-    pr.add_argument("--domain", metavar="NAME", help="a model with domain-specific parts: "
-                    "the input domain the inputs come from")
-    pr.add_argument("--min-score", type=float, default=0.3, help="detection: the lowest "
-                    "score a printed or drawn box has (default 0.3)")
+    _add_bundle_commands(sub, common)
 
     ex = sub.add_parser("explain", parents=[common], help="what a bundle's model attends to "
                         "(attention maps / rollout for ViTs, Grad-CAM for CNNs, token "

@@ -58,7 +58,7 @@ PATHS: tuple[Path, ...] = (
          "transferkit fit setA/ setB/ --merge strict", _has_setting("merge")),
     Path("simultaneous", "same", "different", "weight sharing",
          "one sentiment model for product, restaurant and movie reviews",
-         "transferkit fit reviews.csv --domain-column domain --domain-specific norm",
+         "transferkit fit amazon.tsv yelp.tsv imdb.tsv --domain-specific norm",
          _has_setting("domain_specific")),
     Path("simultaneous", "different", "same", "multi-task learning",
          "SST-2 polarity and SST-5 fine-grained sentiment of the same sentences",
