@@ -108,6 +108,8 @@ def test_two_tasks_one_backbone_one_bundle(two_tasks):
     np.testing.assert_allclose(proba[:, 2:].sum(1), 1.0, rtol=1e-6)
     ev = loaded.evaluate(str(paths["len"]))  # the labels say which task
     assert ev["task"] == "len" and ev["n"] == 48
+    page = (run / "report.html").read_text()
+    assert "<h2>Per task</h2>" in page and "<td>sent</td>" in page and "<td>len</td>" in page
     cfg = json.loads((run / "run_config.json").read_text())
     assert set(cfg["data"]["tasks"]) == {"sent", "len"}
     assert all(v.startswith("/") for v in cfg["data"]["tasks"].values())

@@ -115,6 +115,27 @@ def _scores(metrics: dict[str, Any]) -> str:
             f"<th>n</th></tr>{''.join(rows)}</table>")
 
 
+def _parts(metrics: dict[str, Any]) -> str:
+    """The figures of each task (several tasks) or of each merged source: the summary above
+    is their average (tasks) or the pooled figure (sources)."""
+    for key, what in (("tasks", "task"), ("sources", "source")):
+        parts = metrics.get(key)
+        if not parts:
+            continue
+        rows = "".join(
+            f"<tr><td>{esc(name)}</td>" + "".join(
+                f"<td>{fmt(m[split]['accuracy']) if m.get(split) else '-'}</td>"
+                f"<td>{fmt(m[split]['macro_f1']) if m.get(split) else '-'}</td>"
+                for split in ("val", "test")) + "</tr>"
+            for name, m in parts.items())
+        note = ("the scores above are the tasks' average" if key == "tasks"
+                else "the scores above pool every source")
+        return (f"<h2>Per {what}</h2><p class=muted>{note}</p><table><tr><th>{what}</th>"
+                "<th>val accuracy</th><th>val macro F1</th><th>test accuracy</th>"
+                f"<th>test macro F1</th></tr>{rows}</table>")
+    return ""
+
+
 def _timing(metrics: dict[str, Any]) -> str:
     t = metrics.get("timing", {})
     parts = [f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()
@@ -210,7 +231,7 @@ def write_report(run_dir: Path, metrics: dict[str, Any], per_class: dict[str, An
 <p>backbone <b>{esc(metrics.get('backbone'))}</b>, strategy <b>{esc(metrics.get('strategy'))}</b>,
 trainable parameters {metrics.get('trainable_params', 0):,} / {metrics.get('total_params', 0):,};
 best epoch {metrics.get('best_epoch')} (chosen on validation; test was never used for a choice).</p>
-{_scores(metrics)}{_timing(metrics)}
+{_scores(metrics)}{_parts(metrics)}{_timing(metrics)}
 {_parameters(content.parameters, metrics)}
 <h2>Curves and confusion</h2>{figures}
 {_examples(content.examples)}
