@@ -255,3 +255,24 @@ def test_weight_sharing_bundle_keeps_every_domain_part(tmp_path, kind, capsys):
     assert main(["predict", str(run), "--text", "good fun"]) == 2
     assert "--domain shop | films" in capsys.readouterr().err
     assert main(["predict", str(run), "--text", "good fun", "--domain", "shop"]) == 0
+
+
+def test_an_interrupted_run_of_two_tasks_resumes_to_the_same_heads(tmp_path, capsys):
+    from conftest import interrupt_after
+
+    paths = _tables(tmp_path)
+    argv = ["fit", "--task", f"sent={paths['sent']}", "--task", f"len={paths['len']}",
+            "--backbone", "tiny-bert", "--strategy", "finetune", "-o", "head_epochs=1",
+            "--epochs", "1", "--batch-size", "8", "--seed", "1", "-q"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    with pytest.MonkeyPatch.context() as m:
+        interrupt_after(m, 1)
+        assert main(argv + ["--out", str(tmp_path / "cut")]) == 130
+    assert main(["fit", "--resume", str(tmp_path / "cut")]) == 0
+    capsys.readouterr()
+    a = transferkit.load(tmp_path / "whole" / "bundle")
+    b = transferkit.load(tmp_path / "cut" / "bundle")
+    texts = [t for t, _ in make_text_rows(3, seed=4)]
+    np.testing.assert_allclose(a.logits(texts), b.logits(texts), atol=1e-5)
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert set(m["tasks"]) == {"sent", "len"}

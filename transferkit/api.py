@@ -217,6 +217,9 @@ def choose_for_auto(cfg: RunConfig, run_data: "RunData", log) -> tuple[RunConfig
     """``--strategy auto``: the configuration it chose and how (else ``cfg`` and None)."""
     if not is_auto(cfg):
         return cfg, None
+    if run_data.tasks:
+        raise ConfigError("--strategy auto chooses for one task; name a strategy for several "
+                          "tasks (e.g. --strategy finetune)")
     return choose(cfg, run_data.splits, run_data.modality,
                   lambda name: _backbone_kwargs(cfg, name, run_data.modality), log)
 
