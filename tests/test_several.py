@@ -276,3 +276,10 @@ def test_an_interrupted_run_of_two_tasks_resumes_to_the_same_heads(tmp_path, cap
     np.testing.assert_allclose(a.logits(texts), b.logits(texts), atol=1e-5)
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert set(m["tasks"]) == {"sent", "len"}
+
+
+def test_export_refuses_a_model_of_several_tasks(two_tasks, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run = two_tasks[2]
+    assert main(["export", str(run / "bundle"), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    assert "several tasks" in capsys.readouterr().err

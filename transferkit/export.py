@@ -82,6 +82,10 @@ def export_onnx(bundle: str | os.PathLike, out: str | os.PathLike, *, opset: int
     bundle = bundle_folder(bundle)
     t0 = time.perf_counter()
     model, strategy, cfg = load_model(bundle)
+    if model.tasks or model.domains:
+        what = "several tasks" if model.tasks else "a part per input domain"
+        raise ConfigError(f"{bundle}: the model has {what}; ONNX export takes a model of one "
+                          "task and one domain")
     plain = exportable(model, strategy, where=str(bundle))
     names, example = example_inputs(plain)
     graph = _Graph(plain, None if model.backbone.modality == "image" else names).eval()
