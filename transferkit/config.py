@@ -79,6 +79,9 @@ class DataConfig(Settings):
     def validate(self) -> "DataConfig":
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose {', '.join(TASKS)}")
+        if self.task == "detection" and (self.tasks or isinstance(self.path, (list, tuple))):
+            raise ConfigError("--task detection reads one data set; several tasks or DATA "
+                              "are for classification")
         if self.merge not in MERGES:
             raise ConfigError(f"unknown merge {self.merge!r}; choose {', '.join(MERGES)}")
         if self.shots is not None and self.shots < 0:

@@ -1434,3 +1434,10 @@ def domain_specific_parts_without_several_sets(ctx):
     data = csv_file(ctx.root / "t.csv", text_rows())
     return Case(fit_text(data, ctx, "--domain-specific", "norm", "--head", "linear"),
                 names=("--domain-specific", "several DATA"))
+
+
+@case
+def detection_with_named_tasks(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    return Case(_tasks_fit(ctx, "--task", "detection", "--task", f"x={a}"),
+                names=("--task detection", "several tasks"))
