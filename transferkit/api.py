@@ -146,6 +146,15 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     explicit ``test``, a stratified ``test_fraction`` of the target rows is the labelled
     target test split and the rest is the unlabelled target.
 
+    Several data sets: ``data=[A, B, ...]`` of one label space are merged (``merge="strict"``
+    refuses label sets that differ, ``"union"`` joins them; ``metrics["sources"]`` scores each
+    set); with ``domain_specific="norm"|"adapter"`` each set is an input domain with its own
+    part of the model (weight sharing; ``predict(..., domain=NAME)``).  Several tasks:
+    ``tasks={"sst2": A, "sst5": B}`` (paths or split dicts) or ``label_column="a,b"``: one
+    backbone, one head per task (``task_weight``, ``task_sampling``); ``metrics["tasks"]``
+    scores each task, ``val`` / ``test`` average them, and ``predict`` gives ``{task:
+    label}`` per input.
+
     ``resume=True`` finishes an interrupted run in ``out`` from its last checkpoint.
 
     ``task="detection"``: ``data`` is a COCO ``.json`` or a YOLO folder and the run trains a
