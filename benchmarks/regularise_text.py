@@ -15,6 +15,7 @@ max length 64; the regularisers at their default weights; ``freeze``: a linear h
 epochs, lr 1e-3.
 
     python benchmarks/regularise_text.py [--sets SST-2 CR] [--seeds 0 1 2] [--train 300]
+                                         [--report-only]
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train", type=int, default=300)
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the table from the stored runs; run nothing")
     common.add_threads_arg(ap)
     a = ap.parse_args()
     common.set_threads(a.threads)
@@ -131,9 +134,11 @@ def main() -> None:
             for config in CONFIGS:
                 key = common.run_key({"set": name, "seed": seed, "train": a.train,
                                       "config": CONFIGS[config], **BASE})
-                rows.append(common.without_key(store.run(
-                    key, lambda: one_run(name, seed, a.train, config),
-                    label=f"{name} seed {seed}: {config}")))
+                row = store.run(key, lambda: one_run(name, seed, a.train, config),
+                                label=f"{name} seed {seed}: {config}",
+                                only_stored=a.report_only)
+                if row:
+                    rows.append(common.without_key(row))
     md, notes = summarise(rows)
     write_table(STEM, rows, md_rows=md, title="Regularised fine-tuning of MiniLM with few "
                 "labels (SST-2, CR)", notes=__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
