@@ -12,7 +12,7 @@ from transferkit.backbones import build_backbone
 from transferkit.engine.cache import extract_features
 from transferkit.engine.inputs import InputPipeline
 from transferkit.rank import rank, training_split
-from transferkit.select import h_score, leep, logme, nce, sfda
+from transferkit.select import h_score, h_score_shrunk, leep, logme, nce, sfda
 
 from conftest import make_image_folder
 from test_cli import assert_one_line_error, run
@@ -24,12 +24,12 @@ def test_rank_images_table_json_and_cache(image_folder, tmp_path, capsys):
                             "--out", out], capsys)
     assert code == 0, err
     head = table.splitlines()[0].split()
-    assert head[:6] == ["backbone", "logme", "hscore", "nce", "leep", "sfda"]
+    assert head[:7] == ["backbone", "logme", "hscore", "hscore_reg", "nce", "leep", "sfda"]
     assert [line.split()[0] for line in table.splitlines()[1:]] == ["tiny-cnn", "tiny-vit"]
     rec = json.loads(out.read_text())
     assert rec["split"] == "train" and rec["classes"] == ["cat", "dog"]
     for row in rec["backbones"]:
-        assert set(row["scores"]) == set(row["seconds"]) == {"logme", "hscore", "nce", "leep", "sfda"}
+        assert set(row["scores"]) == set(row["seconds"]) == {"logme", "hscore", "hscore_reg", "nce", "leep", "sfda"}
         assert all(np.isfinite(v) for v in row["scores"].values())
         assert all(v >= 0 for v in row["seconds"].values())
         assert row["source_classes"] == 10 and row["cached"] is False
@@ -49,7 +49,7 @@ def test_rank_text_backbones_have_no_source_scores(text_csv, tmp_path, capsys):
     assert "leep" not in table and "nce" not in table
     rows = json.loads(out.read_text())["backbones"]
     assert [r["backbone"] for r in rows] == ["tiny-bert", "tiny-wordvec"]
-    assert all(set(r["scores"]) == {"logme", "hscore", "sfda"} and "source_classes" not in r
+    assert all(set(r["scores"]) == {"logme", "hscore", "hscore_reg", "sfda"} and "source_classes" not in r
                for r in rows)
 
 
@@ -64,6 +64,7 @@ def test_rank_scores_are_the_pure_functions_on_fits_training_split(image_folder)
     got = rec["backbones"][0]["scores"]
     assert got["logme"] == pytest.approx(logme(F, train.labels), rel=1e-4)
     assert got["hscore"] == pytest.approx(h_score(F, train.labels), rel=1e-4)
+    assert got["hscore_reg"] == pytest.approx(h_score_shrunk(F, train.labels), rel=1e-4)
     assert got["leep"] == pytest.approx(leep(probs, train.labels), rel=1e-4)
     assert got["nce"] == pytest.approx(nce(probs, train.labels), abs=1e-6)
     assert got["sfda"] == pytest.approx(sfda(F, train.labels), rel=1e-4)

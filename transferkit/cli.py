@@ -166,7 +166,7 @@ def _reading_parser(common) -> argparse.ArgumentParser:
 
 def _rank_parser(sub, common) -> None:
     rk = sub.add_parser("rank", parents=[common], help="score candidate backbones on DATA's "
-                        "training split without training (LogME, H-score, SFDA; LEEP and NCE "
+                        "training split without training (LogME, H-score, shrinkage H-score, SFDA; LEEP and NCE "
                         "where the backbone has a source classifier); higher is better")
     rk.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
     rk.add_argument("--backbones", required=True, metavar="A,B,C",
