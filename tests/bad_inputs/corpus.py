@@ -1434,3 +1434,31 @@ def domain_specific_parts_without_several_sets(ctx):
     data = csv_file(ctx.root / "t.csv", text_rows())
     return Case(fit_text(data, ctx, "--domain-specific", "norm", "--head", "linear"),
                 names=("--domain-specific", "several DATA"))
+
+
+@case
+def rank_layer_that_does_not_exist(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-vit", "--layers", "pooled,3"],
+                names=("--layers", "tiny-vit", "has 2 layers", "3 does not exist"))
+
+
+@case
+def rank_layers_of_a_backbone_without_layers(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(["rank", data, "--backbones", "tiny-bert,tiny-wordvec", "--layers", "-1"],
+                names=("--layers", "tiny-wordvec", "exposes no intermediate layers"))
+
+
+@case
+def rank_layer_that_is_not_a_number(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-cnn", "--layers", "pooled,second"],
+                names=("--layers", "'second'", "is not a layer"))
+
+
+@case
+def rank_layer_zero(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-cnn", "--layers", "0"],
+                names=("--layers", "0 is no layer"))
