@@ -1,13 +1,13 @@
 """Rank EfficientNet-Lite0/1/2 on hymenoptera with every transferability score, and put the
 ranking beside the accuracy a linear probe actually reaches.
 
-Scores: ``transferkit.rank.rank`` on hymenoptera ``train`` (244 readable images; the one
+Scores (LogME, H-score, shrinkage H-score, NCE, LEEP, SFDA): ``transferkit.rank.rank`` on hymenoptera ``train`` (244 readable images; the one
 placeholder GIF skipped), features through the feature cache in ``benchmarks/.cache``
 (``features s`` is the cold pass when the cache was empty, else ``cached``), and the seconds
 each score took.  Probe: ``transferkit.fit(..., strategy="linear")`` on the same ``train``
 (20 % carved for choosing C, seed 0), accuracy on hymenoptera ``val`` (153 images, never used
 for a choice), as in ``hymenoptera_grid.py``.  Three candidates make a ranking example, not a
-Kendall-tau figure: the issue's figure needs >= 6 candidates on >= 6 data sets.
+Kendall-tau figure: ``rank_kendall.py`` gives that one.
 
     python benchmarks/rank_hymenoptera.py [--backbones efficientnet_lite0,...] [--threads 1]
 """
@@ -88,7 +88,10 @@ def main(argv=None) -> None:
              "With 1280-d features and 244 images, H-score (shrinkage-free) is exactly "
              "classes - 1 = 1 for every backbone and SFDA's in-sample probability is 1.0: "
              "both saturate when the feature size exceeds the sample count, and rank nothing "
-             "here. Three candidates are a worked example, not a Kendall-tau figure.")
+             "here. The shrinkage H-score (`hscore_reg`, Ledoit-Wolf covariance) does not "
+             "saturate: " + ", ".join(f"{r['backbone']} {r['hscore_reg']:.4f}" for r in rows)
+             + f" (its pick: {picks.get('hscore_reg')}). Three candidates are a worked "
+             "example, not a Kendall-tau figure: see `rank_kendall.md` for that.")
     path = write_table(STEM, rows, title="Ranking EfficientNet-Lite0/1/2 on hymenoptera "
                        "without training", notes=notes)
     print(path.read_text())

@@ -143,6 +143,8 @@ def main() -> None:
                 rows.append({"set": set_name, "seed": seed, "config": config,
                              **{f"test_{d}": round(v, 4) for d, v in r["test"].items()},
                              "test_avg": round(avg, 4), "seconds": r["seconds"]})
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # the sets' domains differ
+    rows = [{k: r.get(k, "") for k in columns} for r in rows]
     md, notes = summarise(rows)
     write_table(STEM, rows, md_rows=md, title="Weight sharing: domain-specific parts under one "
                 "model, against one model per domain and one pooled model",
@@ -156,7 +158,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
         means = {}
         for config in CONFIGS:
             rs = [r for r in rows if (r["set"], r["config"]) == (set_name, config)]
-            doms = [k for k in rs[0] if k.startswith("test_") and k != "test_avg"]
+            doms = [k for k in rs[0] if k.startswith("test_") and k != "test_avg" and rs[0][k] != ""]
             means[config] = common.mean_sd(r["test_avg"] for r in rs)[0]
             md.append({"set": set_name, "config": config, "seeds": len(rs),
                        **{k[5:] + " %": common.fmt_pct(r[k] for r in rs) for k in doms},

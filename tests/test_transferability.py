@@ -10,7 +10,8 @@ from scipy.stats import multivariate_normal
 from transferkit.errors import ConfigError
 from scipy import linalg
 
-from transferkit.select import SCORES, h_score, leep, logme, nce, scores_for, sfda
+from transferkit.select import SCORES, h_score, h_score_shrunk, leep, logme, nce, scores_for, sfda
+from transferkit.select.transferability import ledoit_wolf_shrinkage
 
 
 def _blobs(n=60, d=5, k=3, sep=4.0, seed=0):
@@ -103,6 +104,45 @@ def test_h_score_saturates_at_k_minus_1_when_features_span_the_samples():
     assert h_score(F, rng.permutation(y)) == pytest.approx(2.0, rel=1e-6)
     G, z = _blobs(n=200, d=5, k=3)
     assert 0 < h_score(G, z) < 2.0
+
+
+# --------------------------------------------------------------------------- shrinkage H-score
+
+def test_h_score_shrunk_by_hand():
+    # rows (2,0), (0,1), (-2,0), (0,-1) (mean 0), classes 0,0,1,1: S = diag(2, .5), mu = 1.25,
+    # |S - mu I|^2 / d = .5625, (sum |x|^4 / n - |S|^2) / (n d) = (8.5 - 4.25) / 8 = .53125,
+    # alpha = .53125 / .5625 = 17/18; class means +-(1, .5): G = [[1, .5], [.5, .25]];
+    # cov_a = diag(2/18 + 17/18 * 1.25, .5/18 + 17/18 * 1.25) = diag(23.25, 21.75) / 18;
+    # score = (1/18) (1 * 18/23.25 + .25 * 18/21.75) = 1/23.25 + 1/87
+    F = np.array([[2.0, 0], [0, 1], [-2, 0], [0, -1]])
+    alpha, mu = ledoit_wolf_shrinkage(F)
+    assert (alpha, mu) == pytest.approx((17 / 18, 1.25))
+    assert h_score_shrunk(F, [0, 0, 1, 1]) == pytest.approx(1 / 23.25 + 1 / 87, rel=1e-12)
+    # one feature: the target mu I is S itself, no shrinkage, the plain H-score's 0.9
+    assert h_score_shrunk(np.array([[0.0], [1], [3], [4]]), [0, 0, 1, 1]) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("n,d", [(40, 6), (10, 30)])
+def test_h_score_shrunk_matches_sklearn_ledoit_wolf(n, d):
+    covariance = pytest.importorskip("sklearn.covariance")
+    F, y = _blobs(n=n, d=d, k=3, sep=0.5, seed=d)
+    lw = covariance.LedoitWolf().fit(F)
+    means = np.array([F[y == c].mean(axis=0) for c in range(3)])
+    G = means[y] - F.mean(axis=0)
+    want = np.trace(np.linalg.inv(lw.covariance_) @ ((1 - lw.shrinkage_) * G.T @ G / n))
+    assert ledoit_wolf_shrinkage(F - F.mean(axis=0))[0] == pytest.approx(lw.shrinkage_, rel=1e-9)
+    assert h_score_shrunk(F, y) == pytest.approx(want, rel=1e-8)
+
+
+def test_h_score_shrunk_does_not_saturate_when_features_span_the_samples():
+    # where h_score is k - 1 for any labelling, the shrunk score still tells them apart
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    F = rng.normal(size=(30, 60)) + 4.0 * np.eye(3, 60)[y]
+    shuffled = rng.permutation(y)
+    assert h_score(F, y) == pytest.approx(h_score(F, shuffled), rel=1e-6)
+    assert h_score_shrunk(F, y) > 1.3 * h_score_shrunk(F, shuffled)
+    assert 0 < h_score_shrunk(F, y) < 2.0
 
 
 # --------------------------------------------------------------------------- NCE, LEEP
@@ -221,7 +261,7 @@ def test_sfda_prefers_separable_labels():
 # --------------------------------------------------------------------------- the table, faults
 
 def test_registry_says_which_scores_need_source_probabilities():
-    assert {s.name for s in scores_for(False)} == {"logme", "hscore", "sfda"}
+    assert {s.name for s in scores_for(False)} == {"logme", "hscore", "hscore_reg", "sfda"}
     assert {s.name for s in scores_for(True)} == set(SCORES)
     F, y = _blobs()
     theta = _onehot(y, 4) * 0.9 + 0.025

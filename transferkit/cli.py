@@ -166,11 +166,15 @@ def _reading_parser(common) -> argparse.ArgumentParser:
 
 def _rank_parser(sub, common) -> None:
     rk = sub.add_parser("rank", parents=[common], help="score candidate backbones on DATA's "
-                        "training split without training (LogME, H-score, SFDA; LEEP and NCE "
+                        "training split without training (LogME, H-score, shrinkage H-score, SFDA; LEEP and NCE "
                         "where the backbone has a source classifier); higher is better")
     rk.add_argument("data", help="labelled data (a folder, CSV/TSV, .tar.gz or .npz)")
     rk.add_argument("--backbones", required=True, metavar="A,B,C",
                     help="backbone names separated by commas (see: transferkit list backbones)")
+    rk.add_argument("--layers", metavar="L1,L2", default=None,
+                    help="score intermediate layers too, each (backbone, layer) a candidate: "
+                         "pooled (the backbone's own features, the default), all, or layer "
+                         "numbers (1 = nearest the input, -1 = the last), e.g. pooled,-1,-2")
     rk.add_argument("--out", metavar="FILE.json", help="write the scores and their times here")
     rk.add_argument("--seed", type=int, default=None,
                     help="seed of the train / val / test carving (default: fit's)")
@@ -535,7 +539,7 @@ def cmd_rank(a) -> int:
     if a.out and Path(a.out).is_dir():
         raise ConfigError(f"--out {a.out}: is a folder; give a file name such as rank.json")
     log = (lambda s: None) if a.quiet else (lambda s: print(printable(s), file=sys.stderr))
-    record = rank(a.data, a.backbones, seed=a.seed, cache_dir=a.cache_dir,
+    record = rank(a.data, a.backbones, layers=a.layers, seed=a.seed, cache_dir=a.cache_dir,
                   no_cache=a.no_cache, device=a.device, batch_size=a.batch_size,
                   skip_bad=a.skip_bad, log=log)
     print(rank_table(record))

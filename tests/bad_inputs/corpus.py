@@ -1441,3 +1441,28 @@ def detection_with_named_tasks(ctx):
     a = csv_file(ctx.root / "a.csv", text_rows())
     return Case(_tasks_fit(ctx, "--task", "detection", "--task", f"x={a}"),
                 names=("--task detection", "several tasks"))
+def rank_layer_that_does_not_exist(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-vit", "--layers", "pooled,3"],
+                names=("--layers", "tiny-vit", "has 2 layers", "3 does not exist"))
+
+
+@case
+def rank_layers_of_a_backbone_without_layers(ctx):
+    data = csv_file(ctx.root / "t.csv", text_rows())
+    return Case(["rank", data, "--backbones", "tiny-bert,tiny-wordvec", "--layers", "-1"],
+                names=("--layers", "tiny-wordvec", "exposes no intermediate layers"))
+
+
+@case
+def rank_layer_that_is_not_a_number(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-cnn", "--layers", "pooled,second"],
+                names=("--layers", "'second'", "is not a layer"))
+
+
+@case
+def rank_layer_zero(ctx):
+    data = image_folder(ctx.root / "imgs")
+    return Case(["rank", data, "--backbones", "tiny-cnn", "--layers", "0"],
+                names=("--layers", "0 is no layer"))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import onnx
+from .layers import extract_layer_features
 from .onnx import run
 from ..heads import masked_mean
 from ..io import save_tensors
@@ -125,27 +126,42 @@ class FeatureCache:
                          metadata={"keys": json.dumps(new_keys), "backbone": backbone.identity()})
         self.misses += len(missing)
         self.hits += len(samples) - len(missing)
-        dim = new_feats.shape[1] if new_feats is not None else None
-        out: torch.Tensor | None = None
-        loaded: dict[Path, torch.Tensor] = {}
-        miss_pos = {i: j for j, i in enumerate(missing)}
-        for i, k in enumerate(keys):
-            if i in miss_pos:
-                row = new_feats[miss_pos[i]]
-            else:
-                shard, r = index[k]
-                if shard not in loaded:
-                    from safetensors.torch import load_file
+        return _assemble(keys, index, missing, new_feats, backbone.feature_dim)
 
-                    loaded[shard] = load_file(str(shard))["pooled"]
-                row = loaded[shard][r]
-            if out is None:
-                dim = row.shape[0]
-                out = torch.empty((len(samples), dim), dtype=torch.float32)
-            out[i] = row
-        if out is None:
-            out = torch.empty((0, backbone.feature_dim))
-        return out
+    def layer_features(self, backbone, pipeline, samples, layers: list[int], *,
+                       batch_size: int = 64) -> dict[int, torch.Tensor]:
+        """``{layer: (N, D_layer)}``: the pooled outputs of intermediate ``layers`` (1-based
+        numbers into ``feature_modules()``, see :mod:`transferkit.engine.layers`) of
+        ``samples``.  Each layer has its own namespace (the transform plus the layer's number;
+        always the PyTorch runtime); the samples some layer lacks are computed for every
+        layer asked, in one pass."""
+        if not self.enabled:
+            out = extract_layer_features(backbone, pipeline, samples, layers, batch_size=batch_size)
+            self.misses += len(samples)
+            return out
+        transform = pipeline.describe(train=False)
+        dirs = {layer: self.dir / namespace(backbone, f"{transform}|layer={layer}", "torch")
+                for layer in layers}
+        keys = [item_key(it, samples.modality) for it in samples.items]
+        indexes = {layer: self._index(d) for layer, d in dirs.items()}
+        missing = sorted({i for idx in indexes.values() for i, k in enumerate(keys) if k not in idx})
+        new: dict[int, torch.Tensor] = {}
+        if missing:
+            t0 = time.perf_counter()
+            new = extract_layer_features(backbone, pipeline, samples.subset(missing), layers,
+                                         batch_size=batch_size)
+            self.compute_s += time.perf_counter() - t0
+            new_keys = [keys[i] for i in missing]
+            name = hashlib.sha1("".join(new_keys).encode()).hexdigest()[:20]
+            for layer, feats in new.items():
+                save_tensors(dirs[layer] / f"{name}.safetensors", {"pooled": feats},
+                             metadata={"keys": json.dumps(new_keys),
+                                       "backbone": backbone.identity()})
+        self.misses += len(missing)
+        self.hits += len(samples) - len(missing)
+        # a sample every layer had is read back; one any layer lacked was just computed
+        return {layer: _assemble(keys, indexes[layer], missing, new.get(layer), 0)
+                for layer in layers}
 
     def _runtime(self, backbone, pipeline) -> str:
         rt = self.runtime
@@ -164,6 +180,31 @@ class FeatureCache:
             return onnx.session_for(backbone, self.dir)
         finally:
             self.export_s += time.perf_counter() - t0
+
+
+def _assemble(keys: list[str], index: dict[str, tuple[Path, int]], missing: list[int],
+              new_feats: torch.Tensor | None, default_dim: int) -> torch.Tensor:
+    """Rows in ``keys`` order: ``missing`` positions from ``new_feats`` (in that order), the
+    others read from the shards ``index`` names."""
+    out: torch.Tensor | None = None
+    loaded: dict[Path, torch.Tensor] = {}
+    miss_pos = {i: j for j, i in enumerate(missing)}
+    for i, k in enumerate(keys):
+        if i in miss_pos:
+            row = new_feats[miss_pos[i]]
+        else:
+            shard, r = index[k]
+            if shard not in loaded:
+                from safetensors.torch import load_file
+
+                loaded[shard] = load_file(str(shard))["pooled"]
+            row = loaded[shard][r]
+        if out is None:
+            out = torch.empty((len(keys), row.shape[0]), dtype=torch.float32)
+        out[i] = row
+    if out is None:
+        out = torch.empty((0, default_dim))
+    return out
 
 
 def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None,

@@ -1,7 +1,7 @@
 """Model selection as plain ``(arrays) -> float`` functions: label-free domain-adaptation
 criteria and transferability scores."""
 
-from .transferability import SCORES, Score, h_score, leep, logme, nce, scores_for, sfda
+from .transferability import SCORES, Score, h_score, h_score_shrunk, leep, logme, nce, scores_for, sfda
 from .unsupervised import (
     dev_risk,
     importance_weighted_accuracy,
@@ -9,6 +9,6 @@ from .unsupervised import (
     snd_score,
 )
 
-__all__ = ["SCORES", "Score", "dev_risk", "h_score", "importance_weighted_accuracy", "leep",
+__all__ = ["SCORES", "Score", "dev_risk", "h_score", "h_score_shrunk", "importance_weighted_accuracy", "leep",
            "logme", "mean_entropy", "nce", "scores_for", "sfda",
            "snd_score"]

@@ -7,8 +7,9 @@ Plain functions; each returns one float and **higher is better** for every one o
   per-sample log marginal evidence of a Bayesian linear regression from the features to the
   one-hot labels, with its hyper-parameters set by evidence maximisation (MacKay's fixed point);
 * :func:`h_score` - H-score (Bao, Li, Huang, Wu & Zhang, ICIP 2019) in its original,
-  shrinkage-free form ``tr(pinv(cov(f)) cov(E[f|y]))`` (not the shrinkage-regularised H-score of
-  Ibrahim, Ponomareva & Mazumder, ICLR 2022);
+  shrinkage-free form ``tr(pinv(cov(f)) cov(E[f|y]))``;
+* :func:`h_score_shrunk` - the shrinkage-regularised H-score (Ibrahim, Ponomareva & Mazumder,
+  2022): the same trace with the Ledoit-Wolf estimate of ``cov(f)``;
 * :func:`nce` - Negative Conditional Entropy (Tran, Nguyen & Hassner, ICCV 2019) of the target
   labels given the source model's predicted (arg-max) source class;
 * :func:`leep` - Log Expected Empirical Prediction (Nguyen, Hassner, Seeger & Archambeau, ICML
@@ -36,7 +37,8 @@ from ..domain.features import as_matrix
 from ..errors import ConfigError
 from .unsupervised import _probs
 
-__all__ = ["SCORES", "Score", "h_score", "leep", "logme", "nce", "scores_for", "sfda"]
+__all__ = ["SCORES", "Score", "h_score", "h_score_shrunk", "ledoit_wolf_shrinkage", "leep", "logme",
+           "nce", "scores_for", "sfda"]
 
 
 def _labels(labels, n: int | None = None) -> tuple[np.ndarray, int]:
@@ -131,7 +133,7 @@ def h_score(features, labels) -> float:
     most ``k - 1`` for ``k`` classes, and when the centred features span ``n - 1`` dimensions
     (``d >= n - 1``, usual for small data sets and wide backbones) it equals ``k - 1`` for
     *every* labelling: it then ranks nothing.  The shrinkage-regularised variant of Ibrahim et
-    al. (2022) is the remedy, not implemented here.
+    al. (2022), :func:`h_score_shrunk`, is the remedy.
     """
     F = as_matrix(features, "features", 2)
     y, k = _labels(labels, F.shape[0])
@@ -147,6 +149,53 @@ def h_score(features, labels) -> float:
     Gc = means[y] - F.mean(axis=0)
     proj = (Gc @ Vt[keep].T) / sv[keep]
     return float((proj * proj).sum())
+
+
+# --------------------------------------------------------------------------- shrinkage H-score
+
+def ledoit_wolf_shrinkage(centred) -> tuple[float, float]:
+    """``(alpha, mu)`` of the Ledoit-Wolf estimate ``(1 - alpha) S + alpha mu I`` of the
+    covariance of ``centred`` rows ``(n, d)`` (``S = X^T X / n``, ``mu = tr(S) / d``), by the
+    formula ``sklearn.covariance.ledoit_wolf_shrinkage`` computes (Ledoit & Wolf 2004):
+    ``alpha = min(b, c) / c`` with ``c = |S - mu I|_F^2 / d`` and ``b = (sum_k |x_k|^4 / n -
+    |S|_F^2) / (n d)``; 0 when ``b = 0``."""
+    X = as_matrix(centred, "features", 2)
+    n, d = X.shape
+    sq = np.einsum("ij,ij->i", X, X)                   # |x_k|^2 per row
+    trace = float(sq.sum()) / n
+    mu = trace / d
+    small = X @ X.T if n <= d else X.T @ X             # same non-zero spectrum
+    frob2 = float(np.einsum("ij,ij->", small, small)) / (n * n)   # |S|_F^2
+    c = (frob2 - 2 * mu * trace + d * mu * mu) / d
+    b = (float((sq * sq).sum()) / n - frob2) / (n * d)
+    b = min(b, c)
+    return (0.0 if b <= 0 or c <= 0 else b / c), mu
+
+
+def h_score_shrunk(features, labels) -> float:
+    """Shrinkage-regularised H-score (Ibrahim, Ponomareva & Mazumder, "Newer is not always
+    better: rethinking transferability metrics, their peculiarities, stability and
+    performance", ECML-PKDD 2022): ``tr(cov_a(f)^-1 (1 - a) cov(g))`` with ``cov_a(f) = (1 - a)
+    cov(f) + a mu I`` the Ledoit-Wolf estimate (:func:`ledoit_wolf_shrinkage`), ``g_i = E[f |
+    y = y_i]`` and both covariances the biased (``1/n``) ones of the centred rows.
+
+    Unlike :func:`h_score` it does not saturate at ``k - 1`` when ``d >= n - 1``: the shrunk
+    covariance is full rank, and directions with little variance no longer dominate.  Computed
+    from a thin SVD of the centred features (the class means lie in their row span):
+    ``(1 - a)/n sum_j |Gc v_j|^2 / ((1 - a) s_j^2 / n + a mu)``.  Not invariant to linear maps
+    of the features (the shrinkage target ``mu I`` is not).
+    """
+    F = as_matrix(features, "features", 2)
+    y, k = _labels(labels, F.shape[0])
+    n = F.shape[0]
+    Fc = F - F.mean(axis=0)
+    alpha, mu = ledoit_wolf_shrinkage(Fc)
+    Gc = _class_means(Fc, y, k)[y]
+    _, sv, Vt = linalg.svd(Fc, full_matrices=False)
+    denom = (1.0 - alpha) * sv * sv / n + alpha * mu
+    keep = denom > 1e-15 * denom.max() if denom.size and denom.max() > 0 else np.zeros(0, bool)
+    proj = Gc @ Vt[keep].T
+    return float((1.0 - alpha) / n * ((proj * proj).sum(axis=0) / denom[keep]).sum())
 
 
 # --------------------------------------------------------------------------- NCE and LEEP
@@ -265,6 +314,8 @@ class Score:
 SCORES: dict[str, Score] = {s.name: s for s in (
     Score("logme", False, lambda f, y, p: logme(f, y), "LogME (You et al. 2021)"),
     Score("hscore", False, lambda f, y, p: h_score(f, y), "H-score (Bao et al. 2019)"),
+    Score("hscore_reg", False, lambda f, y, p: h_score_shrunk(f, y),
+          "H-score with Ledoit-Wolf shrinkage (Ibrahim et al. 2022)"),
     Score("nce", True, lambda f, y, p: nce(p, y), "NCE (Tran et al. 2019)"),
     Score("leep", True, lambda f, y, p: leep(p, y), "LEEP (Nguyen et al. 2020)"),
     Score("sfda", False, lambda f, y, p: sfda(f, y), "SFDA (Shao et al. 2022)"),
