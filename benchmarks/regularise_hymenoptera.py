@@ -304,9 +304,9 @@ delta 1, bss 0.001 with k = 1, lwf 1 at T = 2, cotuning 2.3), in the fine-tuning
 Targets:
 {chr(10).join(verdicts(small, full, chosen, args.pick_seeds)) or '- no runs yet'}
 
-Missing: the text half of the figure (two sentence sets with `minilm`, reg = l2sp, delta or
-bss: a text encoder has no source head for lwf and cotuning) was not run, for lack of time on
-the shared machine; nor were 15 % seeds 3 and 4 or the second regulariser on the full set.
+The text half of the figure (two sentence sets with `minilm`; reg = l2sp, delta or bss: a
+text encoder has no source head for lwf and cotuning) is `benchmarks/regularise_text.py`.
+Not run: full-set seeds 3 and 4, and a second regulariser on the full set.
 
 What limits the figures (where a target is missed):
 - the budget. Fine-tuning runs 4 epochs at a top learning rate of 1e-4 (AdamW, cosine): at
