@@ -65,6 +65,8 @@ RUN_SPECS = {
         "--strategy", "freeze", "--epochs", "9", "--lr", "2e-3"]),
     "pretrained, freeze, 256 px, 6 epochs": (PRETRAINED + AT_256, [
         "--strategy", "freeze", "--epochs", "6", "--lr", "2e-3"]),
+    "pretrained, freeze, 256 px, 7 epochs": (PRETRAINED + AT_256, [
+        "--strategy", "freeze", "--epochs", "7", "--lr", "2e-3"]),
     "pretrained, freeze, 256 px, 8 epochs": (PRETRAINED + AT_256, [
         "--strategy", "freeze", "--epochs", "8", "--lr", "2e-3"]),
     "pretrained mobilenet_v2, freeze, 256 px": (["--backbone", "mobilenet_v2"] + AT_256, [
