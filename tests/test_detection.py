@@ -222,6 +222,102 @@ def test_fit_writes_metrics_history_and_bundle(run):
     assert json.loads((run / "run_config.json").read_text())["data"]["task"] == "detection"
 
 
+def test_fit_writes_a_report_page_with_curves_examples_and_ap_per_class(run):
+    page = (run / "report.html").read_text()
+    m = json.loads((run / "metrics.json").read_text())
+    examples = sorted((run / "examples").glob("*.png"))
+    assert len(examples) == 4  # every validation image of the 24 (fewer than EXAMPLES)
+    assert (run / "history_map.png").is_file()
+    assert page.count("<img src=\"data:image/png;base64,") == 1 + len(examples)
+    assert f"{m['val']['map50']:.4f}" in page and f"{m['test']['map50']:.4f}" in page
+    for c, r in m["per_class"]["test"].items():
+        assert f"<td>{c}</td>" in page and f"{r['ap50']:.4f}" in page
+    assert "&quot;task&quot;: &quot;detection&quot;" in page  # the settings
+    assert "stages at\n64 px" in page and "partial" in page
+
+
+def test_drawn_examples_show_true_boxes_in_green_and_predictions_in_red():
+    from transferkit.detection.run import drawn
+
+    im = Image.new("RGB", (40, 40))
+    pred = {"boxes": np.array([[20.0, 20.0, 35.0, 35.0], [2.0, 30.0, 8.0, 38.0]]),
+            "scores": np.array([0.9, 0.1]), "labels": ["disc", "box"]}
+    drawn(im, pred, 0.3, truth=(np.array([[2.0, 2.0, 15.0, 15.0]]), ["box"]))
+    assert im.getpixel((8, 2)) == (40, 220, 60)       # the true box's top edge
+    assert im.getpixel((27, 35)) == (255, 40, 40)     # the kept prediction's bottom edge
+    assert im.getpixel((5, 38)) == (0, 0, 0)          # the low-score one is not drawn
+
+
+def test_flipped_targets_mirror_the_boxes_in_the_square():
+    from transferkit.detection.trainer import ImageSet
+    from transferkit.data.detection import DetectionSamples
+
+    samples = DetectionSamples(["a", "b"], [np.zeros((1, 4)), np.zeros((1, 4))],
+                               [np.array([0]), np.array([1])], [(64, 64)] * 2, ["x", "y"],
+                               ["a", "b"], "mem")
+    boxes = [np.array([[4.0, 6.0, 20.0, 30.0]], np.float32), np.array([[0, 0, 8, 8]], np.float32)]
+    data = ImageSet(samples, np.zeros((2, 64, 64, 3), np.uint8), boxes)
+    t = data.targets([0, 1], "cpu", flip=[True, False])
+    assert t[0]["boxes"].tolist() == [[44.0, 6.0, 60.0, 30.0]]
+    assert t[1]["boxes"].tolist() == [[0.0, 0.0, 8.0, 8.0]] and t[1]["labels"].tolist() == [1]
+
+
+@pytest.mark.parametrize("strategy", [["freeze"], ["partial", "-o", "head_epochs=1"]])
+def test_augment_flips_training_images_in_frozen_and_trained_stages(shapes, tmp_path, strategy):
+    plain, flipped = tmp_path / "plain", tmp_path / "flip"
+    assert _fit(shapes, plain, "--strategy", *strategy) == 0
+    assert _fit(shapes, flipped, "--strategy", *strategy, "--augment") == 0
+    a = (plain / "history.csv").read_text().splitlines()
+    b = (flipped / "history.csv").read_text().splitlines()
+    assert len(a) == len(b) and a[1].split(",")[2] != b[1].split(",")[2]  # other train loss
+    m = json.loads((flipped / "metrics.json").read_text())
+    assert 0.0 <= m["val"]["map50"] <= 1.0
+
+
+def test_grayscale_detector_sees_colour_and_grey_images_alike(shapes, tmp_path):
+    out = tmp_path / "grey"
+    assert _fit(shapes, out, "--strategy", "freeze", "--grayscale") == 0
+    assert json.loads((out / "bundle" / "config.json").read_text())["grayscale"] is True
+    colour = np.asarray(Image.open(shapes / "images" / "s002.png").convert("RGB"))
+    grey = np.asarray(Image.fromarray(colour).convert("L").convert("RGB"))
+    assert (colour != grey).any()
+    tm = api.load(out / "bundle")
+    a, b = tm.predict([colour, grey])
+    np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6)
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)
+
+
+def test_head_settings_from_the_command_line_shape_the_head(shapes, tmp_path):
+    out = tmp_path / "shaped"
+    assert _fit(shapes, out, "--strategy", "freeze", "--epochs", "1", "--det-width", "32",
+                "--det-convs", "1", "--det-levels", "2") == 0
+    head = json.loads((out / "metrics.json").read_text())["head"]
+    assert (head["width"], head["convs"], head["levels"]) == (32, 1, 2)
+    assert json.loads((out / "run_config.json").read_text())["detection"]["convs"] == 1
+    tm = api.load(out / "bundle")
+    fcos = tm.model.head.fcos.head
+    convs = [m for m in fcos.classification_head.conv if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].out_channels == 32
+    assert len(tm.model.head.strides) == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--det-width", "100"], "--det-width must be a multiple of 32, got 100"),
+    (["--det-convs", "0"], "--det-convs must be >= 1, got 0"),
+    (["--det-nms-threshold", "0"], "--det-nms-threshold must be in (0, 1]"),
+])
+def test_bad_head_settings_are_refused_in_one_line(shapes, tmp_path, capsys, flags, message):
+    assert _fit(shapes, tmp_path / "bad", *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_detection_settings_on_a_classification_run_are_refused(shapes, tmp_path, capsys):
+    code = main(["fit", str(shapes), "--det-width", "96", "--out", str(tmp_path / "c"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--det-width: detection settings; this run is not --task detection" in err
+
+
 def test_bundle_round_trip_gives_the_same_boxes(run, shapes):
     tm = api.load(run / "bundle")
     assert tm.task == "detection" and tm.classes == ["box", "disc"]

@@ -58,6 +58,7 @@ from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
 from .io import write_json, write_text
+from .report.detection import write_detection_report
 from .report.domain import domain_report
 from .report.explain import EXPLAINED_FAMILIES, explain
 from .report.page import (TEXT_CHARS, Example, ReportContent, parameter_summary, thumbnail_png,
@@ -164,7 +165,7 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     cfg = configure(data, config, settings)
     if cfg.data.task == "detection":
         record = None if cfg.in_memory() else recorded_config(cfg, Path(".")).to_dict()
-        return fit_detection(cfg, resume=resume, record=record)
+        return write_detection_page(fit_detection(cfg, resume=resume, record=record))
     if cfg.run.out is not None:  # before anything is read: it only looks
         check_run_folder(cfg.run.out, resume=resume, overwrite=cfg.run.overwrite)
     procs = start_processes(cfg)
@@ -567,6 +568,17 @@ def _log_parts(parts: tuple[str, dict[str, Any]], log) -> None:
 
 def _is_main(procs) -> bool:
     return procs is None or procs.is_main
+
+
+def write_detection_page(tm: TrainedDetector) -> TrainedDetector:
+    """``RUN/report.html`` of a detection run (its settings as ``run_config.json`` holds
+    them; none when the data was given in memory)."""
+    run_dir, settings = tm.run_dir, None
+    if (run_dir / "run_config.json").is_file():
+        settings = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
+    write_detection_report(run_dir, tm.metrics, tm.history, tm.examples,
+                           parameter_summary(tm.model, tm.touched), settings)
+    return tm
 
 
 def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+from .detection.model import DetectionSettings
 from .engine.config import TrainConfig
 from .errors import ConfigError
 from .heads import HeadConfig
@@ -148,6 +149,7 @@ class OutputConfig(Settings):
 SECTIONS: dict[str, type[Settings]] = {
     "data": DataConfig, "backbone": BackboneConfig, "strategy": StrategyConfig,
     "head": HeadConfig, "train": TrainConfig, "domain": DomainConfig, "run": OutputConfig,
+    "detection": DetectionSettings,
 }
 _META_KEYS = ("format_version", "transferkit_version")
 
@@ -188,6 +190,7 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     domain: DomainConfig = dataclasses.field(default_factory=DomainConfig)
     run: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    detection: DetectionSettings = dataclasses.field(default_factory=DetectionSettings)
 
     # -- building ------------------------------------------------------------------------
     def updated(self, settings: dict[str, Any], *, where: str = "settings") -> "RunConfig":
@@ -233,6 +236,12 @@ class RunConfig:
         if self.data.shots == 0 and self.strategy.name != "zeroshot":
             raise ConfigError(f"--shots 0 (zero-shot: no labelled example) needs --strategy "
                               f"zeroshot, not {self.strategy.name!r}")
+        if self.data.task != "detection" and self.detection != DetectionSettings():
+            default = DetectionSettings()
+            changed = [meta(f)["flag"] for f in dataclasses.fields(default)
+                       if getattr(self.detection, f.name) != getattr(default, f.name)]
+            raise ConfigError(f"{', '.join(changed)}: detection settings; this run is not "
+                              "--task detection")
         return self
 
     # -- writing -------------------------------------------------------------------------

@@ -1224,9 +1224,23 @@ def detection_image_file_missing(ctx):
 
 
 @case
-def detection_with_augment(ctx):
+def detection_with_shots(ctx):
     data = coco_set(ctx.root / "c", [coco_ann(1)])
-    return Case(detect(data, ctx, "--augment"), names=("--task detection does not take --augment",))
+    return Case(detect(data, ctx, "--shots", "2"), names=("--task detection does not take --shots",))
+
+
+@case
+def detection_head_width_not_a_multiple_of_32(ctx):
+    data = coco_set(ctx.root / "c", [coco_ann(1)])
+    return Case(detect(data, ctx, "--det-width", "48"),
+                names=("--det-width must be a multiple of 32, got 48",))
+
+
+@case
+def detection_setting_on_a_classification_run(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx, "--det-convs", "3"),
+                names=("--det-convs: detection settings; this run is not --task detection",))
 
 
 @case

@@ -414,23 +414,24 @@ def split_detection(samples: DetectionSamples, fractions: dict[str, float],
 
 # --------------------------------------------------------------------------- decoding
 
-def decode_resized(item, origin: str, size: int) -> np.ndarray:
+def decode_resized(item, origin: str, size: int, grayscale: bool = False) -> np.ndarray:
     """One image as ``(size, size, 3)`` uint8, stretched to the square (boxes scale by
-    ``size / width`` and ``size / height``)."""
-    image = open_image(item, origin)
+    ``size / width`` and ``size / height``); ``grayscale``: one channel, fed as three."""
+    image = open_image(item, origin, grayscale=grayscale)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
 def load_images(samples: DetectionSamples, size: int, *, skip_bad: bool = False,
+                grayscale: bool = False,
                 log: Callable[[str], None] = print) -> tuple[DetectionSamples, np.ndarray]:
     """Every image decoded and resized once: ``(samples kept, (N, size, size, 3) uint8)``;
     an unreadable image raises, or with ``skip_bad`` is left out and named."""
     arrays, keep = [], []
     for i, (item, origin) in enumerate(zip(samples.items, samples.origins)):
         try:
-            arrays.append(decode_resized(item, origin, size))
+            arrays.append(decode_resized(item, origin, size, grayscale))
             keep.append(i)
         except DataError as e:
             if not skip_bad:

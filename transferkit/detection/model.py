@@ -24,27 +24,55 @@ from ..settings import Settings, setting
 
 
 @dataclass
-class DetectionHeadConfig(Settings):
-    """The detection head's settings (kept in the bundle)."""
+class DetectionSettings(Settings):
+    """The detection head's shape and decoding, as a run sets them (the ``detection``
+    section: ``--det-width 128 --det-convs 4 --det-levels 3``)."""
+
+    section: ClassVar[str] = "detection"
+
+    width: int = setting(64, "detection: channels of the feature pyramid and the FCOS head "
+                         "(a multiple of 32)", flag="--det-width", flat="det_width")
+    convs: int = setting(2, "detection: conv layers of each FCOS branch (torchvision: 4)",
+                         flag="--det-convs", flat="det_convs")
+    levels: int = setting(3, "detection: backbone stages the feature pyramid reads (the last "
+                          "N; 4 adds the stride-4 map)", flag="--det-levels", flat="det_levels")
+    score_threshold: float = setting(0.05, "detection: lowest score kept before NMS",
+                                     flag="--det-score-threshold", flat="det_score_threshold")
+    nms_threshold: float = setting(0.6, "detection: IoU above which NMS drops a box of the "
+                                   "same class", flag="--det-nms-threshold",
+                                   flat="det_nms_threshold")
+    detections: int = setting(100, "detection: most boxes kept per image",
+                              flag="--det-max-boxes", flat="det_max_boxes")
+
+    def validate(self):
+        if self.width < 32 or self.width % 32:
+            raise ConfigError(f"--det-width must be a multiple of 32, got {self.width}")
+        for flag, value in (("--det-convs", self.convs), ("--det-levels", self.levels),
+                            ("--det-max-boxes", self.detections)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ConfigError(f"--det-score-threshold must be in [0, 1), got "
+                              f"{self.score_threshold}")
+        if not 0.0 < self.nms_threshold <= 1.0:
+            raise ConfigError(f"--det-nms-threshold must be in (0, 1], got {self.nms_threshold}")
+        return self
+
+
+@dataclass
+class DetectionHeadConfig(DetectionSettings):
+    """The detection head's settings (kept in the bundle): a run's ``detection`` section
+    plus the head's kind and the square side every image is resized to."""
 
     section: ClassVar[str] = "detection_head"
 
     kind: str = setting("fcos", "detection head (torchvision FCOS over a feature pyramid)")
-    width: int = setting(64, "channels of the feature pyramid and the head (a multiple of 32)")
-    convs: int = setting(2, "conv layers of each FCOS branch (torchvision: 4)")
-    levels: int = setting(3, "backbone stages the pyramid reads (the last N)")
     image_size: int = setting(128, "side of the square every image is resized to")
-    score_threshold: float = setting(0.05, "lowest score kept before NMS")
-    nms_threshold: float = setting(0.6, "IoU above which NMS drops a box of the same class")
-    detections: int = setting(100, "most boxes kept per image")
 
     def validate(self) -> "DetectionHeadConfig":
         if self.kind != "fcos":
             raise ConfigError(f"unknown detection head {self.kind!r}; known: fcos")
-        if self.width < 32 or self.width % 32:
-            raise ConfigError(f"detection head width must be a multiple of 32, got {self.width}")
-        if self.convs < 1 or self.levels < 1:
-            raise ConfigError("detection head convs and levels must be >= 1")
+        super().validate()
         if self.image_size < 32:
             raise ConfigError(f"detection image size must be >= 32, got {self.image_size}")
         return self
@@ -122,6 +150,9 @@ class DetectionModel(TransferModel):
     """A backbone and a :class:`DetectionHead`; ``forward(images) -> detections``."""
 
     task = "detection"
+    #: images are converted to one channel, fed as three (``--grayscale``), in training
+    #: and in prediction alike
+    grayscale = False
 
     def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone.feature_maps(x, self.head.cfg.levels)

@@ -11,6 +11,8 @@ chooses the epoch; test is never used for a choice) → the run folder:
     RUN/metrics.json      {"val": {"map50", "map", "map75", "mar100", "n", "boxes"}, "test": {...} | null,
                           "per_class": {...}, "best_epoch", "timing", ...}
     RUN/per_class.json    AP and AP50 per class, val and test
+    RUN/examples/         the first validation images, predicted (red) and true (green) boxes
+    RUN/report.html       the run's page (written by the caller: see transferkit.api.fit)
     RUN/bundle/           config.json (task: detection) + model.safetensors
 """
 
@@ -42,6 +44,8 @@ from .model import DetectionHeadConfig, build_detector, normalise
 from .trainer import DetectionTrainer, ImageSet, to_original
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: validation images drawn with their predicted and true boxes in ``RUN/examples/``
+EXAMPLES = 6
 
 
 # --------------------------------------------------------------------------- data
@@ -81,14 +85,16 @@ def _one(splits: dict[str, DetectionSamples], path) -> DetectionSamples:
     return next(iter(splits.values()))
 
 
-def image_sets(splits, size: int, skip_bad: bool, log) -> dict[str, ImageSet | None]:
-    """Every split's images decoded and resized once."""
+def image_sets(splits, size: int, skip_bad: bool, log,
+               grayscale: bool = False) -> dict[str, ImageSet | None]:
+    """Every split's images decoded and resized once (``grayscale``: one channel, fed as
+    three)."""
     out: dict[str, ImageSet | None] = {}
     for name, s in splits.items():
         if s is None:
             out[name] = None
             continue
-        s, images = load_images(s, size, skip_bad=skip_bad, log=log)
+        s, images = load_images(s, size, skip_bad=skip_bad, grayscale=grayscale, log=log)
         if not len(s):
             raise DataError(f"{s.source}: no readable image left in the {name} split")
         out[name] = ImageSet(s, images, scaled_boxes(s, size))
@@ -100,8 +106,7 @@ def image_sets(splits, size: int, skip_bad: bool, log) -> dict[str, ImageSet | N
 def check_detection_settings(cfg) -> None:
     """Refuse the settings a detection run does not take, naming them."""
     refused = [(cfg.domain.target is not None, "--target"), (cfg.data.shots is not None, "--shots"),
-               (cfg.train.processes > 1, "--processes"), (cfg.train.augment, "--augment"),
-               (cfg.train.grayscale, "--grayscale"), (cfg.head.kind != "auto", "--head")]
+               (cfg.train.processes > 1, "--processes"), (cfg.head.kind != "auto", "--head")]
     bad = [flag for on, flag in refused if on]
     if bad:
         raise ConfigError(f"--task detection does not take {', '.join(bad)}")
@@ -118,16 +123,19 @@ def fit_detection(cfg, *, resume: bool = False, record: dict | None = None) -> "
     rep = Reporter(cfg.run.quiet)
     t0 = time.perf_counter()
     strat = get_strategy(cfg.strategy.name, **cfg.strategy.options)
-    head_cfg = DetectionHeadConfig(image_size=cfg.backbone.image_size or 128).validate()
+    head_cfg = DetectionHeadConfig(**cfg.detection.to_dict(),
+                                   image_size=cfg.backbone.image_size or 128).validate()
     splits = read_splits(cfg, rep.log)
     t_read = time.perf_counter()
-    sets = image_sets(splits, head_cfg.image_size, cfg.train.skip_bad, rep.log)
+    sets = image_sets(splits, head_cfg.image_size, cfg.train.skip_bad, rep.log,
+                      cfg.train.grayscale)
     timing = {"read_s": t_read - t0, "decode_s": time.perf_counter() - t_read}
     torch.manual_seed(cfg.train.seed)
     bb = build_backbone(cfg.backbone.name or DEFAULT_BACKBONE,
                         **({"weights": str(cfg.backbone.weights)} if cfg.backbone.weights else {}))
     rep.log(f"backbone: {bb.describe()}; detection head: FCOS over the last "
-            f"{head_cfg.levels} stages at {head_cfg.image_size} px")
+            f"{head_cfg.levels} stages at {head_cfg.image_size} px, {head_cfg.width} channels, "
+            f"{head_cfg.convs} convs per branch")
     model = build_detector(bb, head_cfg, sets["train"].samples.classes)
     run_dir = Path(cfg.run.out) if cfg.run.out else Path("runs") / time.strftime(
         f"%Y%m%d-%H%M%S-detection-{strat.name}")
@@ -143,7 +151,11 @@ def fit_detection(cfg, *, resume: bool = False, record: dict | None = None) -> "
         test_m = trainer.evaluate(sets["test"]) if sets["test"] is not None else None
     timing.update(result.timing)
     timing["total_s"] = time.perf_counter() - t0
-    return write_detection_run(run_dir, model, strat, result, val_m, test_m, timing, rep.log)
+    model.grayscale = cfg.train.grayscale
+    tm = write_detection_run(run_dir, model, strat, result, val_m, test_m, timing, rep.log)
+    tm.examples = [p.relative_to(run_dir).as_posix() for p in
+                   draw_examples(tm, sets["val"].samples, run_dir / "examples")]
+    return tm
 
 
 def _with_out(record: dict, run_dir: Path) -> dict:
@@ -169,15 +181,17 @@ def write_detection_run(run_dir: Path, model, strat, result, val_m, test_m, timi
         "head": model.head.cfg.to_dict(), "classes": list(model.classes),
     }
     model.eval()
-    save_bundle(run_dir / "bundle", model, strat, touched=result.touched, grayscale=False,
-                extra={"task": "detection"})
+    save_bundle(run_dir / "bundle", model, strat, touched=result.touched,
+                grayscale=model.grayscale, extra={"task": "detection"})
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "per_class.json", metrics["per_class"])
     log(f"val mAP50 {val_m['map50']:.4f}, mAP {val_m['map']:.4f} (best epoch {result.best_epoch})")
     if test_m:
         log(f"test mAP50 {test_m['map50']:.4f}, mAP {test_m['map']:.4f}")
-    log(f"bundle: {run_dir / 'bundle'}")
-    return TrainedDetector(model, strat, run_dir=run_dir, metrics=metrics)
+    log(f"bundle: {run_dir / 'bundle'}   report: {run_dir / 'report.html'}")
+    tm = TrainedDetector(model, strat, run_dir=run_dir, metrics=metrics)
+    tm.history = list(result.history)
+    return tm
 
 
 # --------------------------------------------------------------------------- trained model
@@ -193,6 +207,9 @@ class TrainedDetector:
         self.model, self.strategy = model, strategy
         self.run_dir, self.metrics = run_dir, metrics
         self.classes = list(model.classes)
+        #: a fit's epochs (``history.csv``) and its drawn validation images (run-folder paths)
+        self.history: list[dict[str, Any]] = []
+        self.examples: list[str] = []
         self._touched = touched or [n for n in model.state_dict()]
         if run_dir is not None and (run_dir / "bundle" / "config.json").exists():
             self._touched = json.loads((run_dir / "bundle" / "config.json").read_text())["tensors"]
@@ -206,8 +223,8 @@ class TrainedDetector:
         size, out = self.model.head.cfg.image_size, []
         self.model.eval()
         for start in range(0, len(items), 32):
-            batch = [open_image(x, o) for x, o in zip(items[start:start + 32],
-                                                      origins[start:start + 32])]
+            batch = [open_image(x, o, grayscale=self.model.grayscale)
+                     for x, o in zip(items[start:start + 32], origins[start:start + 32])]
             arr = np.stack([np.asarray(im.resize((size, size)) if im.size != (size, size)
                                        else im, np.uint8) for im in batch])
             x = normalise(torch.from_numpy(arr), self.model.backbone.preprocess)
@@ -231,9 +248,14 @@ class TrainedDetector:
                   "labels": np.array([index[c] for c in p["labels"]], np.int64)} for p in preds]
         return detection_metrics(preds, list(zip(s.boxes, s.labels)), s.sizes, s.classes)
 
+    @property
+    def touched(self) -> list[str]:
+        """The names of the tensors training changed (what the bundle stores)."""
+        return list(self._touched)
+
     def save(self, path) -> Path:
         return save_bundle(path, self.model, self.strategy, touched=self._touched,
-                           grayscale=False, extra={"task": "detection"})
+                           grayscale=self.model.grayscale, extra={"task": "detection"})
 
 
 def _concat(splits: dict[str, DetectionSamples]) -> DetectionSamples:
@@ -256,6 +278,7 @@ def _build(backbone, cfg: dict[str, Any]):
 def load_detector(path) -> TrainedDetector:
     """A detector bundle written by :func:`fit_detection` or :meth:`TrainedDetector.save`."""
     model, strategy, cfg = load_model(path, task="detection", build=_build)
+    model.grayscale = bool(cfg.get("grayscale", False))
     return TrainedDetector(model, strategy, touched=cfg["tensors"])
 
 
@@ -276,18 +299,51 @@ def image_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
     return items, list(items)
 
 
-def draw_boxes(item: str, pred: dict[str, Any], out_dir: Path, min_score: float) -> Path:
-    """The image with its boxes (score >= ``min_score``) and labels, as ``out_dir/<name>.png``."""
+def drawn(image, pred: dict[str, Any], min_score: float, truth: tuple | None = None):
+    """``image`` (a PIL image, changed in place and returned) with the predicted boxes
+    (score >= ``min_score``, red, with label and score) and, when ``truth`` ``(boxes,
+    labels)`` is given, the true boxes (green, label below the box)."""
     from PIL import ImageDraw
 
-    image = open_image(item, item)
     draw = ImageDraw.Draw(image)
+    if truth is not None:
+        for box, label in zip(*truth):
+            draw.rectangle([float(v) for v in box], outline=(40, 220, 60), width=1)
+            draw.text((float(box[0]) + 1, float(box[3]) + 1), str(label), fill=(40, 220, 60))
     for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"]):
         if score < min_score:
             continue
         draw.rectangle([float(v) for v in box], outline=(255, 40, 40), width=2)
         draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{label} {score:.2f}", fill=(255, 255, 0))
+    return image
+
+
+def draw_boxes(item: str, pred: dict[str, Any], out_dir: Path, min_score: float) -> Path:
+    """The image with its boxes (score >= ``min_score``) and labels, as ``out_dir/<name>.png``."""
+    image = drawn(open_image(item, item), pred, min_score)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (Path(item).stem + ".png")
     image.save(target)
     return target
+
+
+def draw_examples(detector: "TrainedDetector", samples: DetectionSamples, out_dir: Path,
+                  n: int = EXAMPLES, min_score: float = 0.3, size: int = 256) -> list[Path]:
+    """The first ``n`` images of ``samples`` with predicted (red) and true (green) boxes,
+    each scaled so that its longer side is ``size`` pixels, as ``out_dir/<k>_<name>.png``."""
+    picked = list(range(min(n, len(samples))))
+    preds = detector.predict([samples.items[i] for i in picked],
+                             [samples.origins[i] for i in picked])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, (i, p) in enumerate(zip(picked, preds)):
+        image = open_image(samples.items[i], samples.origins[i])
+        scale = size / max(image.size)
+        image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)))
+        truth = (np.asarray(samples.boxes[i], np.float64).reshape(-1, 4) * scale,
+                 [samples.classes[int(c)] for c in samples.labels[i]])
+        p = dict(p, boxes=np.asarray(p["boxes"]).reshape(-1, 4) * scale)
+        target = out_dir / f"{k:02d}_{Path(str(samples.origins[i])).stem}.png"
+        drawn(image, p, min_score, truth).save(target)
+        written.append(target)
+    return written

@@ -6,8 +6,10 @@ optimizers, schedules, best-epoch selection, early stopping, history and checkpo
 the engine's own.
 
 While a stage keeps the backbone frozen, the backbone's feature maps of every image are
-computed once and kept in memory (no augmentation varies them); they are recomputed after
-a stage that trains the backbone.
+computed once and kept in memory; they are recomputed after a stage that trains the
+backbone.  ``--augment`` flips a random half of the training images horizontally every
+epoch (their boxes with them); a frozen stage then keeps the maps of the flipped training
+images as well (one more backbone pass over them).
 """
 
 from __future__ import annotations
@@ -45,10 +47,18 @@ class ImageSet:
     def labels(self) -> list:
         return self.samples.labels
 
-    def targets(self, idx, device) -> list[dict[str, torch.Tensor]]:
-        return [{"boxes": torch.as_tensor(self.boxes[i], dtype=torch.float32, device=device),
-                 "labels": torch.as_tensor(self.samples.labels[i], dtype=torch.int64,
-                                           device=device)} for i in idx]
+    def targets(self, idx, device, flip=None) -> list[dict[str, torch.Tensor]]:
+        """Boxes and labels of the images ``idx``; ``flip[k]``: image ``idx[k]`` is fed
+        mirrored left to right, its boxes with it."""
+        out = []
+        for k, i in enumerate(idx):
+            boxes = torch.as_tensor(self.boxes[i], dtype=torch.float32, device=device)
+            if flip is not None and flip[k]:
+                boxes = torch.stack([self.images.shape[2] - boxes[:, 2], boxes[:, 1],
+                                     self.images.shape[2] - boxes[:, 0], boxes[:, 3]], dim=1)
+            out.append({"boxes": boxes, "labels": torch.as_tensor(
+                self.samples.labels[i], dtype=torch.int64, device=device)})
+        return out
 
 
 class DetectionScores(Callback):
@@ -72,7 +82,7 @@ class DetectionTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._maps: dict[int, list[torch.Tensor] | None] = {}
+        self._maps: dict[tuple[int, bool], list[torch.Tensor] | None] = {}
 
     # ------------------------------------------------------------------ set-up
     def _start(self, *args):
@@ -85,22 +95,25 @@ class DetectionTrainer(Trainer):
         return [DetectionScores() if isinstance(cb, ValidationScores) else cb for cb in cbs]
 
     # ------------------------------------------------------------------ feature maps
-    def _inputs(self, data: ImageSet, idx) -> torch.Tensor:
+    def _inputs(self, data: ImageSet, idx, flip=None) -> torch.Tensor:
         x = torch.from_numpy(data.images[np.asarray(idx)])
+        if flip is not None:
+            x = torch.where(torch.as_tensor(flip).view(-1, 1, 1, 1), x.flip(2), x)
         return normalise(x, self.model.backbone.preprocess).to(self.device)
 
-    def _kept_maps(self, data: ImageSet) -> list[torch.Tensor] | None:
-        """Every image's feature maps under the current (frozen) weights, computed once;
-        None when they would not fit in :data:`MAP_MEMORY_LIMIT`."""
-        key = id(data)
+    def _kept_maps(self, data: ImageSet, flipped: bool = False) -> list[torch.Tensor] | None:
+        """Every image's feature maps (of the images mirrored when ``flipped``) under the
+        current (frozen) weights, computed once; None when they would not fit in
+        :data:`MAP_MEMORY_LIMIT`."""
+        key = (id(data), flipped)
         if key not in self._maps:
             t0 = time.perf_counter()
-            self._maps[key] = self._compute_maps(data)
+            self._maps[key] = self._compute_maps(data, flipped)
             self.timing["features_s"] = self.timing.get("features_s", 0.0) + time.perf_counter() - t0
         return self._maps[key]
 
     @torch.no_grad()
-    def _compute_maps(self, data: ImageSet) -> list[torch.Tensor] | None:
+    def _compute_maps(self, data: ImageSet, flipped: bool = False) -> list[torch.Tensor] | None:
         model, bs = self.model, self.cfg.eval_batch_size
         model.backbone.eval()
         n = len(data)
@@ -111,19 +124,27 @@ class DetectionTrainer(Trainer):
         out = [torch.empty((n, *m.shape[1:]), dtype=m.dtype) for m in first]
         for start in range(0, n, bs):
             idx = list(range(start, min(n, start + bs)))
-            for keep, m in zip(out, model.maps(self._inputs(data, idx))):
+            flip = [flipped] * len(idx) if flipped else None
+            for keep, m in zip(out, model.maps(self._inputs(data, idx, flip))):
                 keep[start:start + len(idx)] = m.cpu()
         return out
 
-    def _maps_of(self, data: ImageSet, idx, frozen: bool) -> list[torch.Tensor]:
+    def _maps_of(self, data: ImageSet, idx, frozen: bool, flip=None) -> list[torch.Tensor]:
+        """The feature maps of the images ``idx`` (``flip[k]``: image ``idx[k]`` mirrored):
+        kept ones under a frozen backbone where they fit in memory, else computed now."""
+        flip = flip if flip is not None and any(flip) else None
         kept = self._kept_maps(data) if frozen else None
-        if kept is not None:
+        mirrored = self._kept_maps(data, True) if kept is not None and flip else None
+        if kept is not None and (flip is None or mirrored is not None):
             i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-            return [m[i].to(self.device) for m in kept]
+            if flip is None:
+                return [m[i].to(self.device) for m in kept]
+            f = torch.as_tensor(flip).view(-1, 1, 1, 1)
+            return [torch.where(f, mf[i], m[i]).to(self.device) for m, mf in zip(kept, mirrored)]
         if frozen:
             with torch.no_grad():
-                return self.model.maps(self._inputs(data, idx))
-        return self.model.maps(self._inputs(data, idx))
+                return self.model.maps(self._inputs(data, idx, flip))
+        return self.model.maps(self._inputs(data, idx, flip))
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_tensors(tensors)
@@ -146,15 +167,18 @@ class DetectionTrainer(Trainer):
         train, bs = state.data["train"], self.cfg.batch_size
         g = torch.Generator().manual_seed(state.epoch_seed)
         order = torch.randperm(len(train), generator=g)
+        flips = (torch.rand(len(train), generator=g) < 0.5).tolist() if self.cfg.augment else None
         for idx in order.split(bs):
             idx = idx.tolist()
-            yield Batch(idx, train.targets(idx, self.device), torch.as_tensor(idx))
+            flip = [flips[i] for i in idx] if flips is not None else None
+            yield Batch((idx, flip), train.targets(idx, self.device, flip), torch.as_tensor(idx))
 
     def _batch_loss(self, batch: Batch, loss_fn, fire, state, sums: dict[str, float]) -> torch.Tensor:
         """The FCOS loss terms of one batch plus every loss term a callback adds (each
         callback term's value times the batch size is added to ``sums`` under its name)."""
         fire("on_batch_start", batch)
-        maps = self._maps_of(state.data["train"], batch.inputs, state.stage.frozen_backbone)
+        idx, flip = batch.inputs
+        maps = self._maps_of(state.data["train"], idx, state.stage.frozen_backbone, flip)
         terms = self.model.head.loss(maps, batch.labels)
         batch.outputs["loss_terms"] = terms
         loss = sum(terms.values())

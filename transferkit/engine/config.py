@@ -50,7 +50,7 @@ class TrainConfig(Settings):
     max_grad_norm: float | None = setting(None, "clip the gradient norm to this value")
     seed: int = setting(0, "seed of splits, initialisation and batch order")
     augment: bool = setting(False, "random resized crop, flip, rotation (backbone re-run "
-                            "every epoch)")
+                            "every epoch); detection: horizontal flip, boxes with it")
     grayscale: bool = setting(False, "convert images to one channel, fed as three")
     skip_bad: bool = setting(False, "skip unreadable images and list them")
     workers: int | None = setting(None, "image decoding worker processes")

@@ -70,3 +70,32 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
     save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def plot_detection_history(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss and validation mAP@0.5 / mAP@[.5:.95] per epoch of a detection run
+    (a dotted line where a stage ends)."""
+    rows = [h for h in history if h.get("val_map50") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [h["epoch"] for h in rows]
+    ax1.plot(ep, [float("nan") if h.get("train_loss") is None else h["train_loss"]
+                  for h in rows], "o-", label="train loss (FCOS terms)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(ep, [h["val_map50"] for h in rows], "o-", label="val mAP@0.5")
+    ax2.plot(ep, [h["val_map"] for h in rows], "s--", label="val mAP@[.5:.95]")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    for i in range(1, len(rows)):
+        if rows[i]["stage"] != rows[i - 1]["stage"]:
+            for ax in (ax1, ax2):
+                ax.axvline(ep[i] - 0.5, color="grey", ls=":")
+    fig.tight_layout()
+    save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
