@@ -66,7 +66,8 @@ def test_existing_flag_names_are_kept():
 def test_sections_reuse_the_engine_and_head_configs():
     cfg = RunConfig()
     assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.head, HeadConfig)
-    assert list(SECTIONS) == ["data", "backbone", "strategy", "head", "train", "domain", "run"]
+    assert list(SECTIONS) == ["data", "backbone", "strategy", "head", "train", "domain", "run",
+                             "detection"]
 
 
 # ----------------------------------------------------------------------------- dicts
