@@ -11,7 +11,8 @@
   (one fraction in %);
 * tables: :func:`write_table` (CSV + markdown headed by the command, the machine and the
   date), :func:`md_table`;
-* figures: :func:`pyplot`, :func:`grouped_bars` (bars with error bars), :func:`save_figure`;
+* figures: :func:`pyplot`, :func:`grouped_bars` (bars with error bars), :func:`bars_by_group`
+  (one bar per configuration within each group of rows), :func:`save_figure`;
 * data files: :func:`read_sentence_lines` (the sentence-classification sets);
 * child processes: :func:`run_child` (a fresh process, e.g. for a peak-memory figure).
 
@@ -324,6 +325,24 @@ def grouped_bars(ax, n_groups: int, series: list[dict[str, Any]], *, width: floa
                            yerr=[scale * v[1] for v in vals], capsize=capsize,
                            label=s.get("label"), color=s.get("color")))
     return bars
+
+
+def bars_by_group(rows: list[dict[str, Any]], *, group: str, series: str, value: str,
+                  names: Iterable[str], ylabel: str, stem: str) -> Path:
+    """One bar (mean ± sd of ``value``) per ``series`` name within each ``group`` of
+    ``rows``; saved as ``<results>/<stem>.png``."""
+    plt = pyplot()
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    bars = [{"label": n, "values": [mean_sd(r[value] for r in rows
+                                            if (r[group], r[series]) == (g, n))
+                                    for g in groups]} for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    grouped_bars(ax, len(groups), bars)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, stem)
 
 
 def save_figure(fig, name: str, dpi: int = 120) -> Path:

@@ -143,18 +143,8 @@ def main() -> None:
     write_table(STEM, rows, md_rows=md, title="Regularised fine-tuning of MiniLM with few "
                 "labels (SST-2, CR)", notes=__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
                 + "\n\n" + notes)
-    plt = common.pyplot()
-    sets = list(dict.fromkeys(r["set"] for r in rows))
-    series = [{"label": c, "values": [common.mean_sd(r["test_acc"] for r in rows
-                                                     if (r["set"], r["config"]) == (s, c))
-                                      for s in sets]} for c in CONFIGS]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    common.grouped_bars(ax, len(sets), series)
-    ax.set_xticks(range(len(sets)), sets)
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, STEM)
+    common.bars_by_group(rows, group="set", series="config", value="test_acc", names=CONFIGS,
+                         ylabel="test accuracy (%)", stem=STEM)
 
 
 if __name__ == "__main__":

@@ -181,18 +181,8 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
 
 
 def plot(rows: list[dict]) -> None:
-    plt = common.pyplot()
-    sets = list(dict.fromkeys(r["set"] for r in rows))
-    series = [{"label": c, "values": [common.mean_sd(r["test_avg"] for r in rows
-                                                     if (r["set"], r["config"]) == (s, c))
-                                      for s in sets]} for c in CONFIGS]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    common.grouped_bars(ax, len(sets), series)
-    ax.set_xticks(range(len(sets)), sets)
-    ax.set_ylabel("test accuracy, average of domains (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, STEM)
+    common.bars_by_group(rows, group="set", series="config", value="test_avg", names=CONFIGS,
+                         ylabel="test accuracy, average of domains (%)", stem=STEM)
 
 
 if __name__ == "__main__":
