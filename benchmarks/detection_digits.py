@@ -71,6 +71,8 @@ RUN_SPECS = {
         "--strategy", "freeze", "--epochs", "8", "--lr", "2e-3"]),
     "pretrained mobilenet_v2, freeze, 256 px": (["--backbone", "mobilenet_v2"] + AT_256, [
         "--strategy", "freeze", "--epochs", "9", "--lr", "2e-3"]),
+    "pretrained, finetune, 128 px": (PRETRAINED, [
+        "--strategy", "finetune", "-o", "head_epochs=4", "--epochs", "2"]),
     "random init, finetune, 256 px": (RANDOM + AT_256, [
         "--strategy", "finetune", "-o", "head_epochs=0", "-o", "lr_floor=1",
         "-o", "head_lr_mult=1", "-o", "bn=train", "--epochs", "1", "--lr", "2e-3"]),

@@ -184,6 +184,9 @@ def test_merged_sets_report_each_source(tmp_path):
     assert set(m["sources"]) == {str(a), str(b)}
     n = sum(s["test"]["n"] for s in m["sources"].values())
     assert n == m["test"]["n"]
+    # the pooled test accuracy is the sources' accuracies weighted by their sizes
+    pooled = sum(s["test"]["accuracy"] * s["test"]["n"] for s in m["sources"].values()) / n
+    assert pooled == pytest.approx(m["test"]["accuracy"])
     assert tm.tasks is None and tm.classes == ["neg", "pos"]
 
 

@@ -554,9 +554,11 @@ def part_scores(trainer, run_data: RunData, val_m, test_m) -> tuple[str, dict] |
     for split, ps in sev.parts.items():
         if split == "train":
             continue
+        s = run_data.splits[split]
+        lg = trainer.split_logits(s)  # the split's own features, sliced per source
         for p in ps:
-            sub = run_data.splits[split].subset(range(p.start, p.stop))
-            out[p.name][split] = summary(trainer.evaluate(sub))
+            out[p.name][split] = summary(trainer.metrics(lg[p.start:p.stop],
+                                                         s.labels[p.start:p.stop]))
     return "sources", out
 
 

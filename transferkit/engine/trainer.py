@@ -260,15 +260,21 @@ class Trainer:
         """Metrics of ``samples`` under the current weights; by default through cached
         features exactly when :meth:`Features.usable` allows it after training.  ``worst``:
         also list that many samples the model got most wrong (``most_wrong``)."""
+        t0 = time.perf_counter()
+        lg = self.split_logits(samples, use_cache=use_cache)
+        m = self.metrics(lg, samples.labels, worst=worst)
+        self.timing["eval_s"] += time.perf_counter() - t0
+        return m
+
+    def split_logits(self, samples, *, use_cache: bool | None = None) -> np.ndarray:
+        """Logits of ``samples`` under the current weights, through their cached features
+        when :meth:`Features.usable` allows it (by default) -- a split computed once, kept
+        under its own name for later calls."""
         if use_cache is None:
             use_cache = self.features.usable()
         name = "val" if samples is self._val else f"eval:{id(samples)}"
         feats = self.features.get(name, samples) if use_cache else None
-        t0 = time.perf_counter()
-        lg = self.logits(samples, features=feats)
-        m = self.metrics(lg, samples.labels, worst=worst)
-        self.timing["eval_s"] += time.perf_counter() - t0
-        return m
+        return self.logits(samples, features=feats)
 
     def metrics(self, logits: np.ndarray, labels, *, worst: int = 0) -> dict[str, Any]:
         """Classification metrics of ``logits``; for a model of several tasks each sample is
