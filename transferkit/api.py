@@ -489,6 +489,9 @@ def build_run_model(cfg: RunConfig, head_cfg, run_data: RunData, log):
     bb = build_backbone(name, **_backbone_kwargs(cfg, name, run_data.modality))
     log(f"backbone: {bb.describe()}")
     sev = run_data.several
+    if sev is not None and sev.kind == "tasks" and head_cfg.domain_specific:
+        raise ConfigError("--domain-specific gives each merged DATA its own part for one task; "
+                          "it does not combine with several tasks")
     domains = ([p.name for p in sev.parts["train"]]
                if sev is not None and sev.kind == "merge" and head_cfg.domain_specific else None)
     return build_model(bb, head_cfg, run_data.classes, run_data.tasks, domains), bb

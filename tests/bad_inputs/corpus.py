@@ -1480,3 +1480,11 @@ def rank_layer_zero(ctx):
     data = image_folder(ctx.root / "imgs")
     return Case(["rank", data, "--backbones", "tiny-cnn", "--layers", "0"],
                 names=("--layers", "0 is no layer"))
+
+
+@case
+def domain_parts_with_several_tasks(ctx):
+    a = csv_file(ctx.root / "a.csv", text_rows())
+    return Case(_tasks_fit(ctx, "--task", f"x={a}", "--task", f"y={a}", "--domain-specific",
+                           "adapter", "--head", "linear"),
+                names=("--domain-specific", "several tasks"))
