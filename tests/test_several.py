@@ -281,8 +281,10 @@ def test_an_interrupted_run_of_two_tasks_resumes_to_the_same_heads(tmp_path, cap
     assert set(m["tasks"]) == {"sent", "len"}
 
 
-def test_export_refuses_a_model_of_several_tasks(two_tasks, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
+def test_export_and_explain_refuse_a_model_of_several_tasks(two_tasks, tmp_path, capsys):
     run = two_tasks[2]
+    assert main(["explain", str(run / "bundle"), "--text", "good fun"]) == 2
+    assert "several tasks" in capsys.readouterr().err
+    pytest.importorskip("onnxruntime")
     assert main(["export", str(run / "bundle"), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "several tasks" in capsys.readouterr().err

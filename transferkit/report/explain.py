@@ -71,6 +71,10 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder")
     model, _, cfg = load_model(bundle_path)
+    if model.tasks or model.domains:
+        what = "several tasks" if model.tasks else "a part per input domain"
+        raise ConfigError(f"{bundle_path}: the model has {what}; explain takes a model of one "
+                          "task and one domain")
     classes = list(model.classes)
     bb = model.backbone
     kind = _kind(bb)
