@@ -7,6 +7,7 @@
   :func:`run_key` (a stable hash of the run's settings); :meth:`RunStore.run` skips a finished
   run and runs and stores the rest, so an interrupted benchmark continues;
 * threads: :func:`pin_blas_threads` (before numpy is imported) and :func:`set_threads`;
+  :func:`episode_count` (the arguments every episodic benchmark takes);
 * formatting: :func:`mean_sd`, :func:`fmt_pct` (mean ± sd in %), :func:`fmt_share`
   (one fraction in %);
 * tables: :func:`write_table` (CSV + markdown headed by the command, the machine and the
@@ -84,6 +85,22 @@ def add_threads_arg(ap, default: int = 1) -> None:
     ap.add_argument("--threads", type=int, default=default,
                     help="torch CPU threads (default 1: on a small shared machine more "
                          "OpenMP threads than free cores slow training down several-fold)")
+
+
+def episode_count(description: str) -> int:
+    """The arguments of an episodic benchmark (``--quick``: 60 episodes into the quick
+    results folder; ``--episodes N``; ``--threads``, default 2), applied; returns the
+    number of episodes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="60 episodes, quick results folder")
+    ap.add_argument("--episodes", type=int, default=600)
+    add_threads_arg(ap, default=2)
+    a = ap.parse_args()
+    use_quick_results(a.quick)
+    set_threads(a.threads)
+    return 60 if a.quick else a.episodes
 
 
 # --------------------------------------------------------------------------- run store

@@ -20,7 +20,6 @@ Writes ``benchmarks/results/episodes_tip_hymenoptera.{md,csv,png}``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -40,14 +39,7 @@ STRATEGIES = (("zeroshot (prior alone)", "zeroshot"), ("prototype (baseline)", "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="60 episodes, quick results folder")
-    ap.add_argument("--episodes", type=int, default=600)
-    common.add_threads_arg(ap, default=2)
-    a = ap.parse_args()
-    common.use_quick_results(a.quick)
-    common.set_threads(a.threads)
-    n = 60 if a.quick else a.episodes
+    n = common.episode_count(__doc__.splitlines()[0])
     rows = []
     for shots in SHOTS:
         got = {}
