@@ -43,6 +43,8 @@ class or its private attributes):
   detection head reads);
 * :meth:`Backbone.save_tokenizer`: the tokenizer's files, for use outside transferkit (ONNX
   export);
+* :meth:`Backbone.export_pooled`: an ONNX graph of the ``pooled`` features of a text encoder
+  (the engine runs frozen text features through it; image backbones it exports whole);
 * :meth:`Backbone.source_head` and :meth:`Backbone.source_probabilities`: the pretrained
   classifier over the source task's own classes (ImageNet-1k for the built-in CNNs), applied to
   ``pooled`` features, so that cached features give source probabilities too (LEEP, NCE).
@@ -248,6 +250,13 @@ class Backbone(nn.Module):
         """Write the tokenizer's files to ``folder`` in a format other tools read (Hugging
         Face ``save_pretrained``); ``False`` when this backbone has no such tokenizer."""
         return False
+
+    def export_pooled(self, path) -> dict[str, Any] | None:
+        """Write to ``path`` an ONNX graph computing ``pooled`` from :meth:`tokenize`'s tensors
+        (inputs named by their keys, dynamic batch and sequence axes); returns what a graph
+        optimiser may use (``inputs``, ``num_heads``, ``hidden_size``), or ``None`` when this
+        backbone has no such graph."""
+        return None
 
 
 # --------------------------------------------------------------------------- registry

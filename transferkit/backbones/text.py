@@ -111,6 +111,28 @@ class HFTextBackbone(Backbone):
         self.tokenizer.save_pretrained(str(folder))
         return True
 
+    def export_pooled(self, path) -> dict[str, Any] | None:
+        """The encoder and its pooling (and normalisation) as one ONNX graph (opset 17) with
+        dynamic batch and sequence axes, traced in eager attention (the pattern ONNX Runtime's
+        transformer optimiser fuses) on a padded batch (so the mask is in the graph)."""
+        example = self.tokenize(["a", "an example sentence, longer than the first one"])
+        keys = list(example)
+        was = self.training
+        self.eval()
+        try:
+            with _eager_attention(self.model), warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    _PooledGraph(self, keys), tuple(example[k] for k in keys), str(path),
+                    input_names=keys, output_names=["pooled"], opset_version=17, dynamo=False,
+                    dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in keys},
+                                  "pooled": {0: "batch"}})
+        finally:
+            self.train(was)
+        cfg = self.model.config
+        return {"inputs": keys, "num_heads": int(getattr(cfg, "num_attention_heads", 0) or 0),
+                "hidden_size": self.feature_dim}
+
     def pool_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over the real tokens (or the CLS token), L2-normalised with ``normalize``."""
         if self.pooling == "cls":
@@ -221,6 +243,18 @@ class HFTextBackbone(Backbone):
             else:
                 self._identity = f"{self._identity_source}@random-init"
         return self._identity
+
+
+class _PooledGraph(nn.Module):
+    """``pooled`` of a text backbone from its input tensors, positional (for ONNX export)."""
+
+    def __init__(self, backbone: HFTextBackbone, keys: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.keys = keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.backbone(dict(zip(self.keys, tensors)))["pooled"]
 
 
 def _effective_max_length(requested: int, model: nn.Module, tokenizer: Any) -> int:

@@ -65,7 +65,8 @@ def item_key(item, modality: str = "image") -> str:
 
 
 class FeatureCache:
-    """``runtime``: ``"auto"`` (ONNX Runtime for image backbones on CPU when installed),
+    """``runtime``: ``"auto"`` (ONNX Runtime on CPU when installed, for image backbones and
+    text encoders giving pooled features),
     ``"torch"`` or ``"onnx"``."""
 
     def __init__(self, directory: str | os.PathLike | None = None, enabled: bool = True,
@@ -114,6 +115,9 @@ class FeatureCache:
         new_feats = None
         if missing:
             session = self._session(backbone, runtime)
+            if runtime == "onnx" and session is None:  # no graph for it: eager, own namespace
+                return self.features(backbone, pipeline, samples, batch_size=batch_size,
+                                     progress=progress)
             t0 = time.perf_counter()
             sub = samples.subset(missing)
             new_feats = extract_features(backbone, pipeline, sub, batch_size=batch_size,
@@ -166,8 +170,10 @@ class FeatureCache:
     def _runtime(self, backbone, pipeline) -> str:
         rt = self.runtime
         if rt == "auto":
-            rt = "onnx" if (backbone.modality == "image" and pipeline.device.type == "cpu"
-                            and onnx.available()) else "torch"
+            rt = "onnx" if (pipeline.device.type == "cpu" and onnx.available()
+                            and onnx.supports(backbone)) else "torch"
+        elif rt == "onnx" and not onnx.supports(backbone):
+            rt = "torch"
         self.used_runtime = rt
         return rt
 
@@ -211,7 +217,7 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
                      session=None) -> torch.Tensor:
     """Run the frozen backbone once over ``samples``; pooled features in item order.
 
-    With an ONNX Runtime ``session`` (image backbones), the graph runs there instead.
+    With an ONNX Runtime ``session``, the graph runs there instead.
     """
     was_training = backbone.training
     backbone.eval()
@@ -221,7 +227,7 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
         with torch.inference_mode():
             for batch in pipeline.batches(samples, batch_size=batch_size):
                 if session is not None:
-                    f = run(session, batch.inputs.cpu())
+                    f = run(session, batch.inputs)
                 else:
                     o = backbone(batch.inputs)
                     f = o["pooled"] if "pooled" in o else masked_mean(o["tokens"], o["mask"])
