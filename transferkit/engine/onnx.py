@@ -2,16 +2,21 @@
 
 On CPUs, ONNX Runtime runs convolutional backbones several times faster than eager PyTorch
 (it folds BatchNorm into convolutions and has better depthwise kernels), and BERT-style text
-encoders faster too (fused attention, LayerNorm and GELU kernels), so feature extraction with
-a frozen backbone goes through it when ``onnxruntime`` is installed (``TRANSFERKIT_NO_ONNX``
-turns it off).  The exported graph is kept next to the feature cache, keyed by the backbone's
+encoders faster too (its graph optimisations fuse the transformer's small operators), so
+feature extraction with a frozen backbone goes through it when ``onnxruntime`` is installed
+(``TRANSFERKIT_NO_ONNX`` turns it off).  The exported graph is kept next to the feature cache, keyed by the backbone's
 identity and settings, so export (a few seconds) happens once.
 
 A text encoder's graph (:meth:`~transferkit.backbones.base.Backbone.export_pooled`: encoder,
-pooling and normalisation, dynamic batch and sequence axes) is passed through ONNX Runtime's
-transformer optimiser (fp32 fusions only) and checked against eager PyTorch on batches of
-other sizes and lengths; the optimised graph is kept only when it agrees, the plain one
-otherwise, and a graph that does not agree at all is dropped (the backbone then runs eagerly).
+pooling and normalisation, dynamic batch and sequence axes) is checked against eager PyTorch
+on batches of other sizes and lengths before it is kept; a graph that does not agree is
+dropped (the backbone then runs eagerly).  ONNX Runtime's offline transformer optimiser
+(fp32 fused attention / skip-LayerNorm / GELU) is available (``optimize=True``) but not used
+by default: on the 2-core EPYC of ``benchmarks/results/text_features.md`` the session's own
+graph optimisations (level ALL) on the plain graph ran MiniLM 10-20 % faster than the fused
+graph.  Sessions run with intra-op threads = torch's; a text session's threads do not spin
+while waiting (on a loaded, shared CPU spinning cost its 2-thread runs 10-15 %).
+
 Features agree with eager PyTorch to about 1e-6 (text) / 1e-5 (images); the cache namespace
 records which runtime made them.
 """
@@ -37,6 +42,8 @@ _SESSIONS: dict[str, object] = {}
 _FAILED: set[str] = set()
 #: bump when the way a text graph is made changes (its file name changes with it)
 TEXT_GRAPH_VERSION = 1
+#: run text graphs through ONNX Runtime's offline transformer optimiser (see above)
+TRANSFORMER_OPTIMIZER = False
 #: largest difference from eager PyTorch a text graph may show on the check batches,
 #: relative to the largest feature magnitude (at least 1)
 TEXT_TOLERANCE = 2e-5
@@ -77,7 +84,7 @@ class _Pooled(nn.Module):
         return self.backbone(x)["pooled"]
 
 
-def _key(backbone, optimize: bool = True) -> str:
+def _key(backbone, optimize: bool = TRANSFORMER_OPTIMIZER) -> str:
     info = {"id": backbone.identity(), "spec": backbone.spec(), "pre": backbone.preprocess,
             "torch": torch.__version__}
     if backbone.modality == "text":
@@ -89,10 +96,11 @@ def _key(backbone, optimize: bool = True) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def session_for(backbone, folder: Path, *, optimize: bool = True):
+def session_for(backbone, folder: Path, *, optimize: bool = TRANSFORMER_OPTIMIZER):
     """An ONNX Runtime session computing ``pooled`` features of ``backbone``; ``None`` when a
     text backbone's graph cannot be made (then :func:`supports` says no from now on).
-    ``optimize=False`` skips the transformer optimiser (text graphs; for comparisons)."""
+    ``optimize``: pass a text graph through the transformer optimiser (kept only when it
+    still agrees with eager PyTorch; the plain graph otherwise)."""
     key = _key(backbone, optimize)
     if key in _SESSIONS:
         return _SESSIONS[key]
@@ -104,19 +112,21 @@ def session_for(backbone, folder: Path, *, optimize: bool = True):
                 return None
         else:
             _export_image(backbone, path)
-    sess = open_session(path)
+    sess = open_session(path, spin=backbone.modality != "text")
     _SESSIONS[key] = sess
     return sess
 
 
-def open_session(path, threads: int | None = None):
+def open_session(path, threads: int | None = None, *, spin: bool = True):
     """A CPU session on the graph at ``path``: all graph optimisations, ``threads`` intra-op
-    threads (default: torch's thread count)."""
+    threads (default: torch's thread count); ``spin=False``: idle threads do not spin."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
