@@ -136,3 +136,19 @@ def test_minilm_transformer_optimiser_graph_matches_eager(tmp_path):
     for texts in (SENTENCES, SENTENCES[1:3]):
         got = onnx.run(sess, bb.tokenize(texts))
         assert float((got - _eager(bb, texts)).abs().max()) < 1e-4
+
+
+def test_inference_batches_group_texts_by_token_count():
+    """Batches hold texts of the same token count where character counts would mix them
+    (short words with punctuation are many tokens, long words few), and every index once."""
+    bb = build_backbone("tiny-bert")
+    texts = ["a, b, c, d, e, f, g.", "extraordinarily", "yes", "no!", "a b", "wonderfully",
+             "x; y; z; w", "good"] * 3
+    counts = bb.tokenize(texts)["attention_mask"].sum(dim=1)
+    batches = list(InputPipeline(bb).batches(_samples(texts), batch_size=4))
+    seen = torch.cat([b.indices for b in batches])
+    assert sorted(seen.tolist()) == list(range(len(texts)))
+    spans = [(int(counts[b.indices].min()), int(counts[b.indices].max())) for b in batches]
+    assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans, spans[1:]))
+    # each batch is padded to its own longest text only
+    assert all(b.inputs["input_ids"].shape[1] == int(counts[b.indices].max()) for b in batches)
