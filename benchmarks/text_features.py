@@ -148,7 +148,8 @@ def build(args, folder: Path):
         return lambda samples, texts: extract_features(bb, pipeline, samples, batch_size=b,
                                                        session=session)
 
-    base, base1 = "sentence-transformers encode (baseline)", "sentence-transformers encode, 1 thread"
+    base = "sentence-transformers encode (baseline)"
+    base1 = "sentence-transformers encode, 1 thread"
     configs = [  # (row, fn, the row it is compared with)
         (base, encode, base),
         ("transferkit feature pass (default: ONNX Runtime)", tk(auto), base),
@@ -205,7 +206,8 @@ def make_rows(args, configs, times, feats, n, export_s, facts):
         d = float((feats[name] - ref).abs().max())
         rows.append(dict(row=f"max abs diff vs encode: {name}", median=d, unit="abs",
                          ratio=None, n=n, values="",
-                         note=f"embeddings are unit vectors (max |value| {float(ref.abs().max()):.3g})"))
+                         note="embeddings are unit vectors "
+                              f"(max |value| {float(ref.abs().max()):.3g})"))
     rows.append(dict(row="padding: tokens in sorted batches / real tokens",
                      median=facts["sorted"] / facts["real"], unit="x", ratio=None, n=n,
                      values=f"{facts['sorted']}/{facts['real']}",
@@ -287,8 +289,9 @@ back, alternating order, and the per-round ratio cancels most of the swing.
 - *transferkit ONNX + transformer optimiser*: the graph after `onnxruntime.transformers.
   optimizer.optimize_model(model_type="bert", num_heads=12, hidden_size=384)` (fp32 fused
   attention, embedding / skip LayerNorm, bias-GELU): {fused['ratio']:.2f}x `encode`, against
-  {tk['ratio']:.2f}x for the plain graph, which is why the default does not use it (most likely its fused
-  attention kernel does not pay off on these short sequences, 22 tokens on average, on this CPU).
+  {tk['ratio']:.2f}x for the plain graph, which is why the default does not use it (most
+  likely its fused attention kernel does not pay off on these short sequences,
+  {facts['mean']:.0f} tokens on average, on this CPU).
 - *1 thread* rows: `encode` with `torch.set_num_threads(1)` and the ONNX pass on a one-thread
   session; less sensitive to another job holding a core.
 - *max abs diff* rows: against `encode`'s embeddings (unit vectors).

@@ -4,8 +4,8 @@ On CPUs, ONNX Runtime runs convolutional backbones several times faster than eag
 (it folds BatchNorm into convolutions and has better depthwise kernels), and BERT-style text
 encoders faster too (its graph optimisations fuse the transformer's small operators), so
 feature extraction with a frozen backbone goes through it when ``onnxruntime`` is installed
-(``TRANSFERKIT_NO_ONNX`` turns it off).  The exported graph is kept next to the feature cache, keyed by the backbone's
-identity and settings, so export (a few seconds) happens once.
+(``TRANSFERKIT_NO_ONNX`` turns it off).  The exported graph is kept next to the feature cache,
+keyed by the backbone's identity and settings, so export (a few seconds) happens once.
 
 A text encoder's graph (:meth:`~transferkit.backbones.base.Backbone.export_pooled`: encoder,
 pooling and normalisation, dynamic batch and sequence axes) is checked against eager PyTorch
