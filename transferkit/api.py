@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
 from .several import Several, several_splits
-from .auto import choose, is_auto
+from .auto import choose, fixed_choice, is_auto
 from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
@@ -217,19 +217,26 @@ def configure(data=None, config: RunConfig | None = None,
     cfg = (config or RunConfig()).updated(settings or {}, where="fit")
     if data is not None:
         cfg = cfg.updated({"data": {"path": data}}, where="fit")
-    if cfg.data.path is None and not cfg.data.tasks and get_strategy(
-            cfg.strategy.name, **cfg.strategy.options).needs_data:
+    if cfg.data.path is None and not cfg.data.tasks and needs_data(cfg):
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz)")
     return cfg
+
+
+def needs_data(cfg: RunConfig) -> bool:
+    """Whether the strategy learns from data (``auto`` does; ``zeroshot`` needs class names
+    only)."""
+    return is_auto(cfg) or get_strategy(cfg.strategy.name, **cfg.strategy.options).needs_data
 
 
 def choose_for_auto(cfg: RunConfig, run_data: "RunData", log) -> tuple[RunConfig, dict | None]:
     """``--strategy auto``: the configuration it chose and how (else ``cfg`` and None)."""
     if not is_auto(cfg):
         return cfg, None
-    if run_data.tasks:
-        raise ConfigError("--strategy auto chooses for one task; name a strategy for several "
-                          "tasks (e.g. --strategy finetune)")
+    fixed = fixed_choice(cfg, cfg.backbone.name or DEFAULT_BACKBONES[run_data.modality],
+                         several=run_data.several is not None,
+                         shots_only=bool(cfg.data.shots) and run_data.val_is_train, log=log)
+    if fixed is not None:
+        return fixed
     return choose(cfg, run_data.splits, run_data.modality,
                   lambda name: _backbone_kwargs(cfg, name, run_data.modality), log)
 
@@ -248,6 +255,11 @@ def build_strategy(cfg: RunConfig):
     if is_auto(cfg):
         if options:
             raise ConfigError("--strategy auto takes no -o options (it chooses them)")
+        d = cfg.data
+        if d.classes is not None or d.descriptions is not None:
+            flag = "--classes" if d.classes is not None else "--descriptions"
+            raise ConfigError(f"{flag}: strategy 'auto' (the default) does not read class "
+                              "names or descriptions; name --strategy zeroshot or tip")
         name = "linear"
     strat = get_strategy(name, **options)
     head_cfg = cfg.head
@@ -598,6 +610,13 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
         metrics.update(_shots_record(cfg, outcome, run_data))
     if outcome.auto:
         metrics["auto"] = outcome.auto
+    refit = (result.closed_form or {}).get("refit")
+    if refit:
+        metrics["selection"] = (
+            "C chosen on validation accuracy, then the probe refit at that C on train + "
+            f"validation ({refit['samples']} samples): the 'val' figures are scores on samples "
+            f"the model saw (validation accuracy before the refit "
+            f"{refit['val_accuracy_before']:.4f}); test never used for a choice")
     if outcome.parts:
         metrics[outcome.parts[0]] = outcome.parts[1]
         _log_parts(outcome.parts, log)
