@@ -858,7 +858,8 @@ def report_content(cfg: RunConfig, model, run_data: RunData, outcome: Outcome, r
     figures = [("t-SNE of the source and target representations, before and after adaptation",
                 "domain_tsne.png")]
     if model.backbone.family in EXPLAINED_FAMILIES:
-        figures += _attention_figures(run_dir, run_data, worst, log)
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        figures += _attention_figures(run_dir, run_data, worst, log, model if on_cpu else None)
     return ReportContent(examples=examples, strategy_figures=figures,
                          parameters=parameter_summary(model, outcome.result.touched),
                          settings=recorded_config(cfg, run_dir).to_dict())
@@ -880,7 +881,7 @@ def _example(split: str, samples, i: int, w: dict, classes: list[str],
     return ex
 
 
-def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
+def _attention_figures(run_dir: Path, run_data: RunData, worst, log, model=None,
                        n: int = 2) -> list[tuple[str, str]]:
     """Attention maps / Grad-CAM / token attributions of the worst test examples (else
     validation), written by ``explain`` to ``RUN/explain/``; none where it does not apply."""
@@ -892,7 +893,7 @@ def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
         return []
     try:
         written = explain(run_dir / "bundle", [str(x) for x in inputs], run_dir / "explain",
-                          texts=texts)
+                          texts=texts, model=model)
     except (TransferkitError, RuntimeError) as e:
         log(f"report: no attention maps ({e})")
         return []

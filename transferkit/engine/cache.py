@@ -174,12 +174,13 @@ class FeatureCache:
         joined = Samples(modality=first.modality, classes=[], labels=None,
                          items=[sets[n].items[i] for n, i in todo],
                          origins=[sets[n].origins[i] for n, i in todo], source=first.source)
-        session = self._session(backbone, runtime)
-        t0 = time.perf_counter()
+        t0, export_before = time.perf_counter(), self.export_s
         bad: list[int] | None = [] if skip_bad else None
+        # the graph is exported (a cold cache folder) while the loader's workers decode
         feats = extract_features(backbone, pipeline, joined, batch_size=batch_size,
-                                 progress=progress, session=session, bad=bad)
-        self.compute_s += time.perf_counter() - t0
+                                 progress=progress, bad=bad,
+                                 session_fn=lambda: self._session(backbone, runtime))
+        self.compute_s += time.perf_counter() - t0 - (self.export_s - export_before)
         bad_set = set(bad or [])
         bad_keys = {keys[n][i] for j, (n, i) in enumerate(todo) if j in bad_set}
         return {keys[n][i]: feats[j] for j, (n, i) in enumerate(todo) if j not in bad_set}, bad_keys
@@ -292,20 +293,29 @@ def _assemble(keys: list[str], index: dict[str, tuple[Path, int]], missing: list
 
 
 def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None,
-                     session=None, bad: list[int] | None = None) -> torch.Tensor:
+                     session=None, bad: list[int] | None = None,
+                     session_fn=None) -> torch.Tensor:
     """Run the frozen backbone once over ``samples``; pooled features in item order.
 
     With an ONNX Runtime ``session`` (image backbones), the graph runs there instead.
     ``bad``: a list that receives the positions of images that cannot be decoded (their
-    rows stay zero) instead of raising.
+    rows stay zero) instead of raising.  ``session_fn()``: builds the session (or returns
+    None) once the loader has started, so that exporting the graph overlaps the decoding.
     """
     was_training = backbone.training
     backbone.eval()
     out: torch.Tensor | None = None
     task = progress.add_task("features", total=len(samples)) if progress else None
+    held = [session]
+
+    def started() -> None:
+        if session_fn is not None:
+            held[0] = session_fn()
     try:
         with torch.inference_mode():
-            for batch in pipeline.batches(samples, batch_size=batch_size, bad=bad):
+            for batch in pipeline.batches(samples, batch_size=batch_size, bad=bad,
+                                          started=started):
+                session = held[0]
                 if not len(batch.indices):
                     continue
                 if session is not None:

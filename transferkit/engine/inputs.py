@@ -50,11 +50,13 @@ class InputPipeline:
 
     def batches(self, samples, *, batch_size: int, train: bool = False, shuffle: bool = False,
                 seed: int = 0, keep_order: bool = False,
-                bad: list[int] | None = None) -> Iterator[Batch]:
+                bad: list[int] | None = None, started=None) -> Iterator[Batch]:
         """Batches of ``samples``: shuffled by ``seed``, or in order (texts of similar length
         batched together for speed unless ``keep_order``).  An image that cannot be decoded
         raises its one-line :class:`DataError`, or, given a ``bad`` list, has its position
-        appended there and is left out of its batch (a batch of bad images alone is skipped)."""
+        appended there and is left out of its batch (a batch of bad images alone is skipped).
+        ``started()`` is called once the loader runs (its workers decoding), before the first
+        batch is waited for: work done there overlaps the decoding."""
         if samples.modality != self.modality:
             raise DataError(f"{samples.source}: holds {samples.modality} data but backbone "
                             f"{self.backbone.name!r} takes {self.modality}")
@@ -63,7 +65,10 @@ class InputPipeline:
                                  batch_size=batch_size, shuffle=shuffle, seed=seed,
                                  workers=self.workers, grayscale=self.grayscale,
                                  target_size=self.target_size)
-            for x, y, idx, undecoded in loader:
+            batches = iter(loader)
+            if started is not None:
+                started()
+            for x, y, idx, undecoded in batches:
                 if undecoded:
                     if bad is None:
                         self._raise_bad(samples, undecoded[0])
@@ -77,6 +82,8 @@ class InputPipeline:
                 order = np.argsort([len(t) for t in samples.items], kind="stable")
                 samples = samples.subset(order.tolist())
             loader = make_loader(samples, batch_size=batch_size, shuffle=shuffle, seed=seed)
+            if started is not None:
+                started()
             for texts, y, idx in loader:
                 tok = self.backbone.tokenize(list(texts))
                 tok = {k: v.to(self.device) for k, v in tok.items()}
