@@ -53,7 +53,7 @@ from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.tasks import blocks
-from .engine.trainer import Trainer
+from .engine.trainer import Trainer, intra_op_threads
 from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
@@ -859,7 +859,11 @@ def report_content(cfg: RunConfig, model, run_data: RunData, outcome: Outcome, r
                 "domain_tsne.png")]
     if model.backbone.family in EXPLAINED_FAMILIES:
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        figures += _attention_figures(run_dir, run_data, worst, log, model if on_cpu else None)
+        # one image at a time is too small to split across threads: on a shared CPU two
+        # threads waiting for each other made the maps several times slower
+        with intra_op_threads(1 if on_cpu else None):
+            figures += _attention_figures(run_dir, run_data, worst, log,
+                                          model if on_cpu else None)
     return ReportContent(examples=examples, strategy_figures=figures,
                          parameters=parameter_summary(model, outcome.result.touched),
                          settings=recorded_config(cfg, run_dir).to_dict())

@@ -167,10 +167,19 @@ class FeatureCache:
 
     def _compute_many(self, backbone, pipeline, sets, keys, todo, runtime, batch_size,
                       progress, skip_bad) -> tuple[dict[str, torch.Tensor], set[str]]:
-        """The features of the ``todo`` positions, in one pass: ``({key: row}, bad keys)``."""
+        """The features of the ``todo`` positions, in one pass: ``({key: row}, bad keys)``.
+        Texts (read in the main process: no loader start-up to save) keep one pass per set,
+        batched by length within the set as :meth:`features` batches them."""
         if not todo:
             return {}, set()
         first = next(iter(sets.values()))
+        if first.modality != "image" and len({n for n, _ in todo}) > 1:
+            computed: dict[str, torch.Tensor] = {}
+            for name in dict.fromkeys(n for n, _ in todo):
+                part = [(n, i) for n, i in todo if n == name]
+                computed.update(self._compute_many(backbone, pipeline, sets, keys, part,
+                                                   runtime, batch_size, progress, skip_bad)[0])
+            return computed, set()
         joined = Samples(modality=first.modality, classes=[], labels=None,
                          items=[sets[n].items[i] for n, i in todo],
                          origins=[sets[n].origins[i] for n, i in todo], source=first.source)
@@ -306,18 +315,23 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
     backbone.eval()
     out: torch.Tensor | None = None
     task = progress.add_task("features", total=len(samples)) if progress else None
-    held = [session]
+    held = [session, session_fn is None]   # the session, and whether it is built
 
-    def started() -> None:
-        if session_fn is not None:
-            held[0] = session_fn()
+    def build() -> None:
+        if not held[1]:
+            held[0], held[1] = session_fn(), True
+
+    def started() -> None:  # more than a batch: the workers decode while the graph exports
+        if len(samples) > batch_size:
+            build()
     try:
         with torch.inference_mode():
             for batch in pipeline.batches(samples, batch_size=batch_size, bad=bad,
                                           started=started):
-                session = held[0]
                 if not len(batch.indices):
                     continue
+                build()  # not before a decodable image (a warm cache rereads bad ones alone)
+                session = held[0]
                 if session is not None:
                     f = run(session, batch.inputs.cpu())
                 else:
