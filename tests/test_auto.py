@@ -87,7 +87,7 @@ def test_auto_is_the_default_and_the_report_says_why(image_folder, tmp_path):
     assert auto_record["chosen"]["strategy"] == tm.metrics["strategy"]
     page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert f"auto: tiny-cnn + {tm.metrics['strategy']}" in page
-    assert all(r in page for r in ("probe_val_accuracy", "best probe validation accuracy"))
+    assert all(r in page for r in ("probe_val_accuracy", "one standard error"))
 
 
 def test_auto_with_shots_and_no_validation_takes_the_prototypes(image_folder, tmp_path):
@@ -138,3 +138,13 @@ def test_linear_refit_uses_train_and_validation_and_says_so(image_folder, tmp_pa
     w_a = plain.model.head.state_dict()
     w_b = refit.model.head.state_dict()
     assert any(not torch.equal(w_a[k], w_b[k]) for k in w_a)
+
+
+def test_pick_treats_accuracies_within_one_standard_error_as_tied():
+    rows = [{"backbone": "a", "probe_val_accuracy": 1.0, "logme": 0.1},
+            {"backbone": "b", "probe_val_accuracy": 36 / 37, "logme": 0.5},
+            {"backbone": "c", "probe_val_accuracy": 30 / 37, "logme": 0.9},
+            {"backbone": "concat:a+b", "probe_val_accuracy": 1.0, "logme": 0.7}]
+    best, tol = auto.pick(rows, 37)
+    assert best["backbone"] == "b" and 1 / 37 <= tol < 6 / 37  # c is out, the pair waits
+    assert auto.pick(rows, 10_000)[0]["backbone"] == "a"  # a large split tells them apart

@@ -5,8 +5,9 @@ from measurements on the training and validation splits (test data is never read
    one ``--backbone`` names), cheapest first, while the probing share of the budget lasts:
    its cached features of train and validation, LogME on train, and a logistic-regression
    probe with ``C`` chosen on validation.  For images, the best two are then probed side by
-   side (``concat:A+B``, features concatenated).  The best validation accuracy wins (a tie
-   goes to a single backbone, then to LogME).
+   side (``concat:A+B``, features concatenated).  Validation accuracies within one standard
+   error of the best count as tied (a few dozen validation samples cannot tell them apart);
+   among those a single backbone goes before a pair, then the highest LogME wins.
 2. **Place the case** in the size x similarity guideline (as ``transferkit advise`` does): the
    labelled samples per class, and the winner's source-classifier familiarity.
 3. **Plan**: small data similar to the pretraining data keeps the probe (``linear``), refit
@@ -23,6 +24,7 @@ case, the plan and the reasons.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -158,6 +160,19 @@ def fixed_choice(cfg: RunConfig, backbone: str, *, several: bool, shots_only: bo
     return chosen, record
 
 
+def pick(rows: list[dict[str, Any]], n_val: int) -> tuple[dict[str, Any], float]:
+    """The candidate to run, and the tolerance: validation accuracies within one standard
+    error (and at least one sample) of the best count as tied, since a few dozen validation
+    samples cannot tell them apart; among those a single backbone goes before a pair (half
+    the cost), then the highest LogME (which reads every training sample)."""
+    top = max(r["probe_val_accuracy"] for r in rows)
+    n = max(n_val, 1)
+    p = (top * n + 1) / (n + 2)  # kept off 0 and 1, so a perfect score still has an error
+    tol = max(math.sqrt(p * (1 - p) / n), 1 / n)
+    tied = [r for r in rows if r["probe_val_accuracy"] >= top - tol - 1e-9]
+    return max(tied, key=lambda r: (PREFIX not in r["backbone"], r["logme"])), tol
+
+
 def plan(size: str, similarity: str) -> tuple[str, dict[str, Any], str]:
     """The strategy, its options and why, for a case of the guideline."""
     if size == "small" and similarity == "similar":
@@ -178,9 +193,7 @@ def choose(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable,
     t0 = time.perf_counter()
     budget_s = cfg.train.budget_seconds or DEFAULT_BUDGET_S
     rows = _probe_all(cfg, splits, modality, kwargs_for, budget_s, log)
-    # a tie goes to the single backbone (half the cost of a pair), then to LogME
-    best = max(rows, key=lambda r: (r["probe_val_accuracy"], PREFIX not in r["backbone"],
-                                    r["logme"]))
+    best, tol = pick(rows, len(splits["val"]))
     counts = np.bincount(np.asarray(splits["train"].labels), minlength=len(splits["train"].classes))
     per_class = float(np.median(counts))
     size = "small" if per_class < SMALL_PER_CLASS else "large"
@@ -195,8 +208,11 @@ def choose(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable,
               "case": {"size": size, "per_class_median": per_class, "similarity": similarity,
                        "familiarity": fam},
               "budget_s": budget_s, "probing_s": round(time.perf_counter() - t0, 2),
-              "reasons": [f"{best['backbone']}: best probe validation accuracy "
-                          f"{best['probe_val_accuracy']:.4f} of {len(rows)} candidate(s)",
+              "reasons": [f"{best['backbone']}: probe validation accuracy "
+                          f"{best['probe_val_accuracy']:.4f}, within {tol:.4f} (one standard "
+                          f"error, at least one sample) of the best of {len(rows)} "
+                          "candidate(s), and the highest LogME of those (a single backbone "
+                          "before a pair)",
                           f"{size} data ({per_class:.0f} a class; small below "
                           f"{SMALL_PER_CLASS}), {similarity} to the pretraining data ("
                           + ("no source classifier: assumed" if fam is None
