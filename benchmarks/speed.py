@@ -14,6 +14,7 @@ repeated (the median is reported), because other work may share the CPU:
 
     .venv/bin/python benchmarks/speed.py              # full run (tens of minutes on 2 cores)
     .venv/bin/python benchmarks/speed.py --quick      # smoke test of every code path
+    .venv/bin/python benchmarks/speed.py --parts 2    # part 2 alone, merged into the results
 
 Writes ``benchmarks/results/speed.{md,csv,png}`` (``--quick``: under
 ``benchmarks/.cache/quick_results``).
@@ -349,8 +350,13 @@ def fit_pair(spec: dict) -> dict:
     """A cold ``fit`` on an empty cache folder, then a warm one on the same folder, in this
     (fresh) process: the ONNX graph is exported again, as a new process does."""
     torch.set_num_threads(spec["threads"])
+    if spec.get("src"):  # the code of another revision (--compare-ref)
+        sys.path.insert(0, spec["src"])
     import onnxruntime  # noqa: F401  imported before the clock, as in a running process
     import transferkit  # noqa: F401
+
+    if spec.get("src"):
+        assert Path(transferkit.__file__).resolve().is_relative_to(Path(spec["src"]).resolve())
 
     folder = Path(spec["folder"])
     cache_dir = Path(tempfile.mkdtemp(dir=folder, prefix="fit-cache-"))
@@ -366,8 +372,39 @@ def fit_pair(spec: dict) -> dict:
     return out
 
 
+def source_of(rev: str) -> Path:
+    """The repository's code at ``rev`` (``git archive``), under the benchmark cache."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = CACHE / "speed" / f"src-{sha}"
+    if not (dest / "transferkit").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "transferkit"], cwd=root, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def before_pair(args, folder: Path, order: int) -> dict | None:
+    """The cold / warm fit pair of the code at ``--compare-ref``, in its own process."""
+    if not args.compare_ref:
+        return None
+    out = folder / f"fit-pair-before-{os.getpid()}.json"
+    common.run_child(__file__, {"threads": torch.get_num_threads(), "epochs": args.epochs,
+                                "folder": str(folder), "out": str(out),
+                                "src": str(source_of(args.compare_ref))})
+    res = json.loads(out.read_text())
+    out.unlink()
+    res["order"] = order
+    return res
+
+
 def freeze_benchmark(args, train, test, tk_pass):
     folder = CACHE / "speed"
+    before: list[dict] = []
     cold, warm, ref, ratio_cold, ratio_warm, accs = [], [], [], [], [], []
     ratio_noexp, parts, exports, published = [], [], [], []
     plain_t, plain_acc = [], []
@@ -377,11 +414,17 @@ def freeze_benchmark(args, train, test, tk_pass):
         t0 = now()
         tk_pass()
         ref.append(now() - t0)
+        if r % 2 == 1:  # the code before first in every other round
+            before.append(before_pair(args, folder, 0))
         out = folder / f"fit-pair-{os.getpid()}.json"
         common.run_child(__file__, {"threads": torch.get_num_threads(), "epochs": args.epochs,
                                     "folder": str(folder), "out": str(out)})
         res = json.loads(out.read_text())
         out.unlink()
+        if r % 2 == 0:
+            before.append(before_pair(args, folder, 1))
+        if before[-1] is not None:
+            before[-1]["ref"] = ref[-1]
         tc, tw, mc, mw = res["cold_s"], res["warm_s"], res["cold"], res["warm"]
         cold.append(tc)
         warm.append(tw)
@@ -463,6 +506,7 @@ def freeze_benchmark(args, train, test, tk_pass):
              values=";".join(f"{a:.4f}/{b:.4f}" for a, b in accs),
              note="test split; epoch chosen on the carved val split; values: cold/warm per round"),
     ]
+    rows += before_rows(args, sec, before, c_med)
     summary = dict(plain=p_med, cold=c_med, warm=w_med, ref=median(ref),
                    ratio_cold=median(ratio_cold), ratio_warm=median(ratio_warm),
                    plain_acc=median(plain_acc), tk_acc=tk_acc, plain_runs=len(plain_t),
@@ -778,10 +822,25 @@ def main() -> None:
                     help="smoke test: --repeats 1 --rounds 1 --epochs 1 --ft-rounds 2 "
                          "--ft-steps 2 --ft-warmup 1 --limit 96; results under "
                          "benchmarks/.cache/quick_results")
+    ap.add_argument("--parts", default="1,2,3",
+                    help="parts to run: all (default) or 2 alone (the freeze rows); with 2 "
+                         "alone the other parts' rows, targets and descriptions are carried "
+                         "over from the results as they stand, saying from which run")
+    ap.add_argument("--compare-ref", default=None,
+                    help="also run part 2's fits with the code at this git revision, in the "
+                         "same rounds (before / after rows)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         fit_pair(json.loads(args.child))
+        return
+    if args.parts.replace(" ", "") not in ("1,2,3", "2"):
+        ap.error("--parts: give 1,2,3 (everything) or 2 (the freeze rows alone)")
+    if args.parts.strip() == "2":
+        if args.quick:
+            args.rounds, args.epochs = 1, 1
+            common.use_quick_results()
+        freeze_only(args)
         return
     if args.quick:
         args.repeats, args.rounds, args.epochs = 1, 1, 1
@@ -810,8 +869,6 @@ def main() -> None:
     plain1 = next(r for r in f_rows if r["row"].startswith("plain eager PyTorch, 1 torch thread"))
     tk1 = next(r for r in f_rows if r["row"].startswith("transferkit, 1 thread"))
     ratio1 = tk1["median"] / plain1["median"]
-    speedup_cold = fz["plain"] / fz["cold"]
-    acc_pts = 100 * (fz["tk_acc"] - fz["plain_acc"])
     over = ft["decode"]["overhead"]
     over_pre = ft["pre-decoded"]["overhead"]
     diff = next(r for r in f_rows if r["row"].endswith("plain eager, all images"))
@@ -819,9 +876,6 @@ def main() -> None:
     diff_rt = next(r for r in f_rows if r["row"].endswith("identical input"))
     n_img = len(part1)
 
-    acc_ok = abs(acc_pts) <= 1.0 + 1e-9
-    acc_word = ("" if acc_ok or acc_pts < 0 else
-                " (outside +-1 point, but in transferkit's favour: no accuracy is lost)")
     notes = f"""
 Data: `hymenoptera` ({len(train)} train images as `transferkit.fit` carves them with seed 0,
 {len(val)} carved validation, {len(test)} in `val`, used as the test split; {len(everything)}
@@ -840,9 +894,7 @@ ratios are the point.
 | target | measured | verdict |
 |---|---|---|
 | feature extraction >= 2x plain eager PyTorch | {feat_ratio:.2f}x ({tk_rate['median']:.1f} vs {base_rate:.1f} img/s); with one thread each {ratio1:.2f}x ({tk1['median']:.1f} vs {plain1['median']:.1f} img/s) | {verdict(feat_ratio >= 2)}{'' if ratio1 >= 2 else ' (default threads; not with one thread each)'} |
-| freeze 10 epochs <= 1.2x one feature pass | cold cache {fz['ratio_cold']:.2f}x ({fz['cold']:.1f} s vs {fz['ref']:.1f} s), {fz['ratio_cold_noexport']:.2f}x leaving out the one-time ONNX export ({fz['export']:.1f} s); warm cache {fz['ratio_warm']:.2f}x | {verdict(fz['ratio_cold'] <= 1.2)} cold, {verdict(fz['ratio_warm'] <= 1.2)} warm |
-| freeze 10 epochs >= 8x faster than the plain loop | {speedup_cold:.1f}x cold ({fz['plain']:.0f} s vs {fz['cold']:.1f} s), {fz['plain'] / fz['warm']:.0f}x warm | {verdict(speedup_cold >= 8)} cold, {verdict(fz['plain'] / fz['warm'] >= 8)} warm |
-| ... at the same accuracy (+-1 point) on `val` | transferkit {100 * fz['tk_acc']:.2f} %, plain loop {100 * fz['plain_acc']:.2f} % ({acc_pts:+.2f} points; one image is {100 / len(test):.2f} points) | {verdict(acc_ok)}{acc_word} |
+{freeze_targets(fz, test)}
 | fine-tune <= 5 % slower per step than a hand-written loop | {over:+.1f} % with decoding in the loader ({ft['decode']['engine']:.2f} vs {ft['decode']['hand']:.2f} s/step); {over_pre:+.1f} % on pre-decoded tensors ({ft['pre-decoded']['engine']:.2f} vs {ft['pre-decoded']['hand']:.2f} s/step) | {verdict(over <= 5 and over_pre <= 5)} |
 
 ## What each row is
@@ -883,26 +935,7 @@ wall time of a whole pass including the loader start-up; img/s; `ratio` = agains
   transferkit decodes at reduced scale (slightly different pixels after the resize), not from
   the runtime. {FACTS['decode']['rotated']} images carry an EXIF rotation.
 
-**2 freeze x10** ({args.rounds} rounds; each round: one transferkit feature pass over all
-{len(everything)} images, then `transferkit.fit(train, test=val, strategy="freeze",
-epochs={args.epochs}, skip_bad=True, cache_dir=<fresh empty dir>, seed=0, quiet=True)` on a cold
-cache, in a fresh Python process (transferkit and onnxruntime imported before the clock), so
-the graph is exported again as in a new process, then the same call again in that process on
-the now warm cache). Times are the total wall time of the call: reading and scanning the
-images, building the backbone, ONNX export (cold), features for train / carved val / test,
-{args.epochs} epochs of head training, scoring, checkpoints, writing the run folder, report and
-bundle. The *cold fit part* rows split the cold fit's time with the timings the run publishes
-(`metrics.json` -> `timing`; `ratio` = share of the cold fit), the rest being *everything
-else*. {_unpublished_note(fz)} The *plain PyTorch loop* is the seed recipe: frozen backbone (`eval`, `no_grad`)
-re-run on every batch of every epoch, head = `Dropout(0.2) + Linear(1280, 2)`, `AdamW(lr=1e-3)`
-(torch defaults otherwise), batch {TRAIN_BATCH}, shuffled, {args.epochs} epochs on the same
-{len(train)} training images, then accuracy on `val`; its time runs from building the loader to
-the end of the test pass (the model is built before). Being costly (about {fz['plain']:.0f} s
-here), it ran {fz['plain_runs']}x only, between the fit rounds so that fits bracket it in time.
-transferkit's accuracy is that of the epoch it selected on the carved validation split (cosine
-schedule, weight decay 1e-4); the plain loop keeps its last epoch; both are single seeded runs,
-and on {len(test)} test images one image is {100 / len(test):.2f} points. The ratio rows divide
-each round's fit time by that round's feature pass.
+{freeze_paragraph(args, fz, train, test, everything)}
 
 **3 fine-tune** (`finetune` stage 2: whole backbone and head trainable, BatchNorm statistics
 frozen, AdamW with the strategy's discriminative per-group learning rates, batch {TRAIN_BATCH},
@@ -940,15 +973,209 @@ the loop itself.
     log(f"wrote {common.results_dir() / 'speed.md'}, speed.csv, speed.png")
 
 
+# =========================================================================== --parts 2
+
+CARRIED = ("1 features", "3 fine-tune")
+
+
+def previous_results() -> dict:
+    """The results as they stand (``speed.csv`` and ``speed.md``): the rows of the parts
+    not re-run, their target lines and descriptions, and which run made them."""
+    import csv
+
+    out = common.RESULTS  # the committed results (also under --quick)
+    rows = []
+    with open(out / "speed.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["section"] not in CARRIED:
+                continue
+            for k in ("median", "ratio"):
+                r[k] = float(r[k]) if r[k] not in ("", "None") else None
+            r["n"] = int(float(r["n"]))
+            rows.append(r)
+    lines = (out / "speed.md").read_text().splitlines()
+
+    def block(start: str, stop: str) -> str:
+        i = next(k for k, x in enumerate(lines) if x.startswith(start))
+        j = next(k for k, x in enumerate(lines) if k > i and x.startswith(stop))
+        return "\n".join(lines[i:j]).strip()
+
+    carried = next((x for x in lines if x.startswith("- sections 1 and 3: carried over")), None)
+    if carried is None:
+        date = next(x for x in lines if x.startswith("- date: "))[len("- date: "):]
+        cmd = next(x for x in lines if x.startswith("- command: "))[len("- command: "):]
+        carried = (f"- sections 1 and 3: carried over unchanged (rows, targets, descriptions) "
+                   f"from the run of {date} ({cmd}); section 2 re-run")
+    return {"rows": rows, "carried": carried,
+            "targets": [x for x in lines if x.startswith(("| feature extraction >=",
+                                                         "| fine-tune <="))],
+            "part1": block("**1 features**", "**2 freeze x10**"),
+            "part3": block("**3 fine-tune**", "| section |")}
+
+
+def freeze_only(args) -> None:
+    """``--parts 2``: part 2 alone (with the transferkit feature pass it is measured
+    against), merged into the results of the last full run."""
+    from transferkit.backbones import build_backbone
+    from transferkit.engine import onnx
+    from transferkit.engine.cache import FeatureCache
+    from transferkit.engine.inputs import InputPipeline
+
+    prev = previous_results()
+    torch.manual_seed(0)
+    train, val, test, everything = read_images()
+    log(f"images: train {len(train)}, carved val {len(val)}, test (hymenoptera val) {len(test)}, "
+        f"all {len(everything)}; torch threads {torch.get_num_threads()}")
+    bb = build_backbone(BACKBONE)
+    folder = CACHE / "speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    cold_dir = Path(tempfile.mkdtemp(dir=folder, prefix="onnx-cold-"))
+    t0 = now()
+    onnx.session_for(bb, cold_dir)             # memoised: the feature pass below reuses it
+    FACTS["export_s"] = now() - t0
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    cache, pipeline = FeatureCache(folder, enabled=False), InputPipeline(bb)
+    cache.features(bb, pipeline, everything.subset(np.arange(FEATURE_BATCH)),
+                   batch_size=FEATURE_BATCH)   # warm-up, as in part 1
+    z_rows, fz = freeze_benchmark(args, train, test, lambda: cache.features(
+        bb, pipeline, everything, batch_size=FEATURE_BATCH))
+    f_rows = [r for r in prev["rows"] if r["section"] == "1 features"]
+    ft_rows = [r for r in prev["rows"] if r["section"] == "3 fine-tune"]
+    rows = f_rows + z_rows + ft_rows
+    notes = f"""
+{prev['carried']}
+
+Data: `hymenoptera` ({len(train)} train images as `transferkit.fit` carves them with seed 0,
+{len(val)} carved validation, {len(test)} in `val`, used as the test split; {len(everything)}
+images in all, {", ".join(f"`{p}`" for p in FACTS["skipped"]) or "no file"} left out).
+Backbone `{BACKBONE}` at its true preprocessing. CPU only, {torch.get_num_threads()} torch
+threads. Other jobs shared the two cores during this run (1-minute load average
+{min(LOADS):.1f} to {max(LOADS):.1f}, median {median(LOADS):.1f}), so single timings swing
+several-fold; the fit is compared with a feature pass measured next to it in every round, and
+the median of the per-round ratios is reported (`values` in `speed.csv` has every round).
+
+## Targets
+
+| target | measured | verdict |
+|---|---|---|
+{prev['targets'][0]}
+{freeze_targets(fz, test)}
+{prev['targets'][1]}
+
+## What each row is
+
+{prev['part1']}
+
+{freeze_paragraph(args, fz, train, test, everything)}
+
+{prev['part3']}
+"""
+    write_table("speed", rows, title="Speed: transferkit vs plain PyTorch (hymenoptera, "
+                f"{BACKBONE} 224, CPU)", notes=notes,
+                md_rows=[{k: r[k] for k in ("section", "row", "median", "unit", "ratio", "n")}
+                         | {"ratio": "" if r["ratio"] is None else r["ratio"]} for r in rows])
+    chart(f_rows, fz, carried_finetune(ft_rows))
+    log(f"wrote {common.results_dir() / 'speed.md'}, speed.csv, speed.png")
+
+
+def carried_finetune(ft_rows) -> dict:
+    """Part 3's summary (as :func:`finetune_benchmark` returns it) from its table rows."""
+    out = {}
+    for variant in ("decode", "pre-decoded"):
+        mine = [r for r in ft_rows if r["row"].endswith(f", {variant}")]
+        out[variant] = {
+            "hand": next(r["median"] for r in mine if r["row"].startswith("hand-written")),
+            "engine": next(r["median"] for r in mine if r["row"].startswith("transferkit")),
+            "overhead": next(r["median"] for r in mine if r["row"].startswith("engine overhead"))}
+    return out
+
+
+def before_rows(args, sec: str, before: list, c_med: float) -> list[dict]:
+    """Part 2's rows of the code at ``--compare-ref``, measured in the same rounds."""
+    before = [b for b in before if b is not None]
+    if not before:
+        return []
+    ref = args.compare_ref
+    cold = [b["cold_s"] for b in before]
+    warm = [b["warm_s"] for b in before]
+    ratios = [b["cold_s"] / b["ref"] for b in before]
+    accs = [b["cold"]["test"]["accuracy"] for b in before]
+    hits = [(b["warm"]["feature_cache"]["hits"], b["warm"]["feature_cache"]["misses"])
+            for b in before]
+    note = f"the code at {ref}, run in the same rounds (alternating order with the fit above)"
+    return [
+        dict(section=sec, row=f"before ({ref}): transferkit fit, cold cache", median=median(cold),
+             unit="s", ratio=median(cold) / c_med, n=len(cold),
+             values=";".join(f"{v:.1f}" for v in cold), note=note + "; ratio: this / cold fit now"),
+        dict(section=sec, row=f"before ({ref}): transferkit fit, warm cache", median=median(warm),
+             unit="s", ratio=None, n=len(warm), values=";".join(f"{v:.1f}" for v in warm),
+             note=note),
+        dict(section=sec, row=f"before ({ref}): fit cold / one feature pass",
+             median=median(ratios), unit="x", ratio=None, n=len(ratios),
+             values=";".join(f"{v:.2f}" for v in ratios),
+             note=note + "; divided by the same round's feature pass as the fit above"),
+        dict(section=sec, row=f"before ({ref}): accuracy on hymenoptera val", median=accs[0],
+             unit="acc", ratio=None, n=len(accs), values=";".join(f"{a:.4f}" for a in accs),
+             note=f"{note}; warm-cache hits/misses " + ";".join(f"{h}/{m}" for h, m in hits)),
+    ]
+
+
+def freeze_targets(fz, test) -> str:
+    """The three target rows of part 2 (markdown table lines)."""
+    speedup_cold = fz["plain"] / fz["cold"]
+    acc_pts = 100 * (fz["tk_acc"] - fz["plain_acc"])
+    acc_ok = abs(acc_pts) <= 1.0 + 1e-9
+    acc_word = ("" if acc_ok or acc_pts < 0 else
+                " (outside +-1 point, but in transferkit's favour: no accuracy is lost)")
+    return f"""| freeze 10 epochs <= 1.2x one feature pass | cold cache {fz['ratio_cold']:.2f}x ({fz['cold']:.1f} s vs {fz['ref']:.1f} s), {fz['ratio_cold_noexport']:.2f}x leaving out the one-time ONNX export ({fz['export']:.1f} s); warm cache {fz['ratio_warm']:.2f}x | {verdict(fz['ratio_cold'] <= 1.2)} cold, {verdict(fz['ratio_warm'] <= 1.2)} warm |
+| freeze 10 epochs >= 8x faster than the plain loop | {speedup_cold:.1f}x cold ({fz['plain']:.0f} s vs {fz['cold']:.1f} s), {fz['plain'] / fz['warm']:.0f}x warm | {verdict(speedup_cold >= 8)} cold, {verdict(fz['plain'] / fz['warm'] >= 8)} warm |
+| ... at the same accuracy (+-1 point) on `val` | transferkit {100 * fz['tk_acc']:.2f} %, plain loop {100 * fz['plain_acc']:.2f} % ({acc_pts:+.2f} points; one image is {100 / len(test):.2f} points) | {verdict(acc_ok)}{acc_word} |"""
+
+
+def freeze_paragraph(args, fz, train, test, everything) -> str:
+    """What part 2's rows are (markdown)."""
+    return f"""**2 freeze x10** ({args.rounds} rounds; each round: one transferkit feature pass over all
+{len(everything)} images, then `transferkit.fit(train, test=val, strategy="freeze",
+epochs={args.epochs}, skip_bad=True, cache_dir=<fresh empty dir>, seed=0, quiet=True)` on a cold
+cache, in a fresh Python process (transferkit and onnxruntime imported before the clock), so
+the graph is exported again as in a new process, then the same call again in that process on
+the now warm cache). Times are the total wall time of the call: reading the images,
+building the backbone, ONNX export (cold; it runs while the loader's workers decode the first
+batches), one feature pass over train / carved val / test together (one loader; `--skip-bad`
+finds the unreadable images in that pass: no separate scan), {args.epochs} epochs of head
+training, scoring, checkpoints, writing the run folder, report (with the attention maps of the
+two worst test images) and bundle. The *cold fit part* rows split the cold fit's time with the timings the run publishes
+(`metrics.json` -> `timing`; `ratio` = share of the cold fit), the rest being *everything
+else*. {_unpublished_note(fz)} The *plain PyTorch loop* is the seed recipe: frozen backbone (`eval`, `no_grad`)
+re-run on every batch of every epoch, head = `Dropout(0.2) + Linear(1280, 2)`, `AdamW(lr=1e-3)`
+(torch defaults otherwise), batch {TRAIN_BATCH}, shuffled, {args.epochs} epochs on the same
+{len(train)} training images, then accuracy on `val`; its time runs from building the loader to
+the end of the test pass (the model is built before). Being costly (about {fz['plain']:.0f} s
+here), it ran {fz['plain_runs']}x only, between the fit rounds so that fits bracket it in time.
+transferkit's accuracy is that of the epoch it selected on the carved validation split (cosine
+schedule, weight decay 1e-4); the plain loop keeps its last epoch; both are single seeded runs,
+and on {len(test)} test images one image is {100 / len(test):.2f} points. The ratio rows divide
+each round's fit time by that round's feature pass.{_before_note(args)}"""
+
+
+def _before_note(args) -> str:
+    if not args.compare_ref:
+        return ""
+    return (f" The *before ({args.compare_ref})* rows are the same cold / warm fit pair run with "
+            f"the code at `{args.compare_ref}` (its `transferkit/` taken with `git archive`), in "
+            "the same rounds as the fits above, each in its own fresh process, the two orders "
+            "alternating from round to round, and divided by the same feature pass.")
+
+
 def _unpublished_note(fz) -> str:
     if not fz["unpublished"]:
         return ""
     return ("Not published by the run, so not split out here: "
             + ", ".join(f"{label.format(epochs=fz['epochs'])} (`timing.{key}`)"
                         for label, key in FIT_PARTS if key in fz["unpublished"])
-            + "; `features_computed_s` holds the train and validation features computed during "
-              "training, ONNX export included (the test split's features, computed when `fit` "
-              "scores it, are not in it).")
+            + "; `features_computed_s` is the fit's one feature pass over train, carved "
+              "validation and test, the ONNX export (`onnx_export_s`, which overlaps the "
+              "loader's decoding) left out.")
 
 
 if __name__ == "__main__":

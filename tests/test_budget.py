@@ -45,7 +45,7 @@ def _epochs(run) -> int:
 
 
 def test_early_stopping_is_on_by_default_and_zero_turns_it_off(image_folder, tmp_path):
-    kw = dict(backbone="tiny-cnn", epochs=12, lr=1e-9, quiet=True)
+    kw = dict(backbone="tiny-cnn", strategy="freeze", epochs=12, lr=1e-9, quiet=True)
     transferkit.fit(image_folder, out=tmp_path / "default", **kw)
     transferkit.fit(image_folder, out=tmp_path / "off", patience=0, **kw)
     assert _epochs(tmp_path / "default") == 1 + DEFAULT_PATIENCE  # nothing improves after epoch 1
@@ -75,8 +75,8 @@ def test_budget_keeps_the_first_epoch_and_stops_the_rest(image_folder, tmp_path,
 
 
 def test_budget_without_effect_when_it_is_large(image_folder, tmp_path):
-    tm = transferkit.fit(image_folder, backbone="tiny-cnn", epochs=3, patience=0, budget="1h",
-                         out=tmp_path / "r", quiet=True)
+    tm = transferkit.fit(image_folder, backbone="tiny-cnn", strategy="freeze", epochs=3,
+                         patience=0, budget="1h", out=tmp_path / "r", quiet=True)
     assert _epochs(tmp_path / "r") == 3 and tm.metrics["timing"]["budget_spent"] == 0.0
 
 

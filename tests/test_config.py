@@ -231,7 +231,8 @@ def _interrupted(monkeypatch, data, out, after=1, **settings):
 
 def test_fit_writes_a_versioned_run_config_and_resumes_from_it(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "imgs", per_class=8)
-    cfg = RunConfig().updated({"backbone": "tiny-cnn", "epochs": 2, "seed": 2, "quiet": True})
+    cfg = RunConfig().updated({"backbone": "tiny-cnn", "strategy": "freeze", "epochs": 2,
+                               "seed": 2, "quiet": True})
     full = transferkit.fit(data, config=cfg, out=tmp_path / "full")
     _interrupted(monkeypatch, data, tmp_path / "run", config=cfg)
     rc = json.loads((tmp_path / "run" / "run_config.json").read_text())
@@ -244,7 +245,7 @@ def test_fit_writes_a_versioned_run_config_and_resumes_from_it(tmp_path, monkeyp
 
 def test_resume_reads_an_unversioned_run_config(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "imgs", per_class=8)
-    kw = dict(backbone="tiny-cnn", epochs=2, quiet=True)
+    kw = dict(backbone="tiny-cnn", strategy="freeze", epochs=2, quiet=True)
     full = transferkit.fit(data, out=tmp_path / "full", **kw)
     _interrupted(monkeypatch, data, tmp_path / "run", **kw)
     v1 = {"data": str(data.resolve()), "val": None, "test": None, "backbone": "tiny-cnn",

@@ -62,15 +62,17 @@ def test_feature_cache_is_reused(image_folder, tmp_path):
 
 def test_grayscale_changes_the_cache_key(image_folder, tmp_path):
     cache = tmp_path / "cache"
-    transferkit.fit(image_folder, backbone="tiny-cnn", epochs=1, out=tmp_path / "a",
-                    cache_dir=str(cache), quiet=True)
-    g = transferkit.fit(image_folder, backbone="tiny-cnn", epochs=1, grayscale=True,
+    transferkit.fit(image_folder, backbone="tiny-cnn", strategy="freeze", epochs=1,
+                    out=tmp_path / "a", cache_dir=str(cache), quiet=True)
+    g = transferkit.fit(image_folder, backbone="tiny-cnn", strategy="freeze", epochs=1,
+                        grayscale=True,
                         out=tmp_path / "b", cache_dir=str(cache), quiet=True)
     assert g.metrics["feature_cache"]["hits"] == 0
 
 
 def test_run_folder_contents(image_folder, tmp_path):
-    tm = transferkit.fit(image_folder, backbone="tiny-cnn", epochs=2, out=tmp_path / "r", quiet=True)
+    tm = transferkit.fit(image_folder, backbone="tiny-cnn", strategy="freeze", epochs=2,
+                         out=tmp_path / "r", quiet=True)
     run = tmp_path / "r"
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["val"]) >= {"accuracy", "macro_f1"}

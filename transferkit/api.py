@@ -37,14 +37,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from .backbones import backbone_modality, build_backbone
 from .several import Several, several_splits
-from .auto import choose, is_auto
+from .auto import choose, fixed_choice, is_auto
 from .bundle import bundle_task, load_model, read_config, save_bundle
 from .config import FLAT, RunConfig, SECTIONS
 from .console import Reporter
 from .data.descriptions import class_texts, parse_class_names
 from .data import (Samples, concat_samples, few_shot_splits, k_shot, read_data, read_domains,
                    read_inputs, resolve_splits, stratified_split)
-from .data.images import check_split_images, open_image
+from .data.images import check_split_images, drop_bad_images, open_image
 from .data.readers import IMAGE_EXTENSIONS
 from .engine.cache import FeatureCache
 from .engine.config import TrainConfig, resolve_device
@@ -53,7 +53,7 @@ from .engine.inputs import InputPipeline
 from .engine.runfolder import RunFolder, check_run_folder
 from .engine.metrics import classification_metrics, softmax, summary
 from .engine.tasks import blocks
-from .engine.trainer import Trainer
+from .engine.trainer import Trainer, intra_op_threads
 from .detection.run import TrainedDetector, fit_detection, load_detector
 from .errors import ConfigError, DataError, Terminated, TransferkitError
 from .heads import build_model
@@ -176,19 +176,27 @@ def fit(data=None, *, config: RunConfig | None = None, resume: bool = False,
     strat, head_cfg = build_strategy(cfg)
     if cfg.data.path is None and not cfg.data.tasks:
         return fit_from_names(cfg, strat, head_cfg, procs, rep.log)
-    run_data = read_run_data(cfg, strat, rep.log)
+    run_data = read_run_data(cfg, strat, rep.log,
+                             defer_check=not is_auto(cfg) and procs.world == 1)
     cfg, auto = choose_for_auto(cfg, run_data, rep.log)
     strat, head_cfg = build_strategy(cfg)
     give_class_texts(cfg, strat, run_data.classes)
     run_dir = start_run(cfg, procs, resume=resume)
     auto = auto or read_auto_record(run_dir, resume)
-    phases = {"scan_s": run_data.scan_s}
-    with _timed(phases, "backbone_s"):
-        model, bb = build_run_model(cfg, head_cfg, run_data, rep.log)
-    outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, procs, resume=resume,
-                              files={"auto.json": auto} if auto else None)
+    phases: dict[str, float] = {}
+    held: list[str] = []  # logged once the images are checked, as they would have been before
+    try:
+        with _timed(phases, "backbone_s"):
+            model, bb = build_run_model(cfg, head_cfg, run_data,
+                                        held.append if run_data.unchecked else rep.log)
+        outcome = train_and_score(cfg, model, strat, run_data, run_dir, rep, procs,
+                                  resume=resume, files={"auto.json": auto} if auto else None,
+                                  held=held)
+    finally:
+        for line in held:
+            rep.log(line)
     outcome.auto = auto
-    outcome.timing.update(phases)
+    outcome.timing.update(phases, scan_s=run_data.scan_s)
     outcome.timing["total_s"] = time.perf_counter() - t0
     if not procs.is_main:  # the main process alone writes the run
         return TrainedModel(model, strat, _bundle_like(model, strat, cfg.train), run_dir=None)
@@ -217,19 +225,26 @@ def configure(data=None, config: RunConfig | None = None,
     cfg = (config or RunConfig()).updated(settings or {}, where="fit")
     if data is not None:
         cfg = cfg.updated({"data": {"path": data}}, where="fit")
-    if cfg.data.path is None and not cfg.data.tasks and get_strategy(
-            cfg.strategy.name, **cfg.strategy.options).needs_data:
+    if cfg.data.path is None and not cfg.data.tasks and needs_data(cfg):
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz)")
     return cfg
+
+
+def needs_data(cfg: RunConfig) -> bool:
+    """Whether the strategy learns from data (``auto`` does; ``zeroshot`` needs class names
+    only)."""
+    return is_auto(cfg) or get_strategy(cfg.strategy.name, **cfg.strategy.options).needs_data
 
 
 def choose_for_auto(cfg: RunConfig, run_data: "RunData", log) -> tuple[RunConfig, dict | None]:
     """``--strategy auto``: the configuration it chose and how (else ``cfg`` and None)."""
     if not is_auto(cfg):
         return cfg, None
-    if run_data.tasks:
-        raise ConfigError("--strategy auto chooses for one task; name a strategy for several "
-                          "tasks (e.g. --strategy finetune)")
+    fixed = fixed_choice(cfg, cfg.backbone.name or DEFAULT_BACKBONES[run_data.modality],
+                         several=run_data.several is not None,
+                         shots_only=bool(cfg.data.shots) and run_data.val_is_train, log=log)
+    if fixed is not None:
+        return fixed
     return choose(cfg, run_data.splits, run_data.modality,
                   lambda name: _backbone_kwargs(cfg, name, run_data.modality), log)
 
@@ -248,6 +263,11 @@ def build_strategy(cfg: RunConfig):
     if is_auto(cfg):
         if options:
             raise ConfigError("--strategy auto takes no -o options (it chooses them)")
+        d = cfg.data
+        if d.classes is not None or d.descriptions is not None:
+            flag = "--classes" if d.classes is not None else "--descriptions"
+            raise ConfigError(f"{flag}: strategy 'auto' (the default) does not read class "
+                              "names or descriptions; name --strategy zeroshot or tip")
         name = "linear"
     strat = get_strategy(name, **options)
     head_cfg = cfg.head
@@ -324,6 +344,9 @@ class RunData:
     val_is_train: bool = False
     #: a run of several data sets (merged, or several tasks): how they were joined
     several: Several | None = None
+    #: the images are not checked yet: ``--skip-bad`` checks them in the feature pass
+    #: (:func:`image_check`), which also logs what is read
+    unchecked: bool = False
 
     @property
     def tasks(self) -> list[tuple[str, int]] | None:
@@ -350,8 +373,12 @@ def _as_splits(x, columns):
     return _read(x, columns=columns)
 
 
-def read_run_data(cfg: RunConfig, strat, log) -> RunData:
-    """Read and split the data (and the target domain), check every image, log the sizes."""
+def read_run_data(cfg: RunConfig, strat, log, *, defer_check: bool = False) -> RunData:
+    """Read and split the data (and the target domain), check every image, log the sizes.
+
+    ``defer_check``: with ``--skip-bad`` on images of one data set and split (no target
+    domain, shots or several sets), leave the check and the log to :func:`image_check`, in
+    the training's feature pass, which decodes every image anyway."""
     several = several_splits(cfg, _as_splits, lambda p, c: _read(p, columns=c), log)
     if several is not None:
         if strat.uses_target:
@@ -367,8 +394,30 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
         raise ConfigError("--grayscale applies to images only")
     bb_name = cfg.backbone.name or DEFAULT_BACKBONES[modality]
     _check_backbone_modality(bb_name, modality, splits["train"].source)
+    run_data = RunData(splits=splits, domain=domain, modality=modality,
+                       classes=splits["train"].classes, unlabelled=unlabelled,
+                       val_is_train=val_is_train, several=several)
+    if defer_check and cfg.train.skip_bad and modality == "image" and domain is None \
+            and unlabelled is None and several is None and not val_is_train:
+        run_data.unchecked = True
+        return run_data
+    check_run_images(cfg, run_data, log)
+    return run_data
+
+
+def check_run_images(cfg: RunConfig, run_data: RunData, log,
+                     bad: dict[str, list[int]] | None = None) -> None:
+    """Check the images of ``run_data`` (leaving the unreadable ones out with
+    ``--skip-bad``; ``bad``: those a feature pass found, the others being readable) and log
+    what the run reads."""
     t0 = time.perf_counter()
-    splits = check_split_images(splits, cfg.train.skip_bad, log)
+    splits, domain, unlabelled = run_data.splits, run_data.domain, run_data.unlabelled
+    several, val_is_train = run_data.several, run_data.val_is_train
+    modality = run_data.modality
+    if bad is None:
+        splits = check_split_images(splits, cfg.train.skip_bad, log)
+    else:
+        splits = drop_bad_images(splits, bad, log)
     if val_is_train:  # the same samples, also after leaving out unreadable images
         splits["val"] = splits["train"]
     if unlabelled is not None:
@@ -392,9 +441,24 @@ def read_run_data(cfg: RunConfig, strat, log) -> RunData:
                               else "choices on the validation data"))
     if several is not None:
         log(_several_line(several))
-    return RunData(splits=splits, domain=domain, modality=modality, classes=classes,
-                   scan_s=time.perf_counter() - t0, unlabelled=unlabelled,
-                   val_is_train=val_is_train, several=several)
+    run_data.splits.update(splits)
+    run_data.classes, run_data.unlabelled, run_data.unchecked = classes, unlabelled, False
+    run_data.scan_s += time.perf_counter() - t0
+
+
+def image_check(cfg: RunConfig, run_data: RunData, log, held: list[str]):
+    """The ``check_images`` a :class:`Trainer` calls before training on a run whose images
+    are not checked yet: it checks them (with what the feature pass found, when it ran),
+    logs what the run reads, then the lines ``held`` back until then (those logged since
+    reading, in their order)."""
+    def check(sets: dict, bad: dict[str, list[int]] | None) -> dict:
+        run_data.splits.update(sets)
+        check_run_images(cfg, run_data, log, bad)
+        for line in held:
+            log(line)
+        held.clear()
+        return {name: run_data.splits[name] for name in sets}
+    return check
 
 
 def _several_line(several: Several) -> str:
@@ -514,10 +578,11 @@ class Outcome:
 
 
 def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Path, rep,
-                    procs=None, *, resume: bool = False,
-                    files: dict[str, Any] | None = None) -> Outcome:
+                    procs=None, *, resume: bool = False, files: dict[str, Any] | None = None,
+                    held: list[str] | None = None) -> Outcome:
     """Train through the engine (resuming from the checkpoint when asked), then score
-    validation and test."""
+    validation and test.  Images not checked yet (``run_data.unchecked``) are checked by
+    the engine before training (:func:`image_check`; ``held``: lines logged after)."""
     splits, domain = run_data.splits, run_data.domain
     device = (procs.device if procs is not None else None) or resolve_device(cfg.train.device)
     cache = FeatureCache(cfg.run.cache_dir, enabled=not cfg.run.no_cache)
@@ -525,10 +590,12 @@ def train_and_score(cfg: RunConfig, model, strat, run_data: RunData, run_dir: Pa
         trainer = Trainer(model, strat, cfg.train, run_dir=run_dir, cache=cache, log=rep.log,
                           progress=progress, device=device, processes=procs)
         folder = [run_folder_callback(cfg, run_dir, resume, files)] if _is_main(procs) else []
+        check = image_check(cfg, run_data, rep.log, held or []) if run_data.unchecked else None
         with sigterm_as_interrupt():
             if domain is None:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
-                                     unlabelled=run_data.unlabelled, callbacks=folder)
+                                     unlabelled=run_data.unlabelled, callbacks=folder,
+                                     test=splits["test"], check_images=check)
             else:
                 result = trainer.fit(splits["train"], splits["val"], resume=resume,
                                      target=domain["target"], target_test=domain["test"],
@@ -598,6 +665,13 @@ def write_run(cfg: RunConfig, model, bb, strat, run_data: RunData, run_dir: Path
         metrics.update(_shots_record(cfg, outcome, run_data))
     if outcome.auto:
         metrics["auto"] = outcome.auto
+    refit = (result.closed_form or {}).get("refit")
+    if refit:
+        metrics["selection"] = (
+            "C chosen on validation accuracy, then the probe refit at that C on train + "
+            f"validation ({refit['samples']} samples): the 'val' figures are scores on samples "
+            f"the model saw (validation accuracy before the refit "
+            f"{refit['val_accuracy_before']:.4f}); test never used for a choice")
     if outcome.parts:
         metrics[outcome.parts[0]] = outcome.parts[1]
         _log_parts(outcome.parts, log)
@@ -803,7 +877,12 @@ def report_content(cfg: RunConfig, model, run_data: RunData, outcome: Outcome, r
     figures = [("t-SNE of the source and target representations, before and after adaptation",
                 "domain_tsne.png")]
     if model.backbone.family in EXPLAINED_FAMILIES:
-        figures += _attention_figures(run_dir, run_data, worst, log)
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        # one image at a time is too small to split across threads: on a shared CPU two
+        # threads waiting for each other made the maps several times slower
+        with intra_op_threads(1 if on_cpu else None):
+            figures += _attention_figures(run_dir, run_data, worst, log,
+                                          model if on_cpu else None)
     return ReportContent(examples=examples, strategy_figures=figures,
                          parameters=parameter_summary(model, outcome.result.touched),
                          settings=recorded_config(cfg, run_dir).to_dict())
@@ -825,7 +904,7 @@ def _example(split: str, samples, i: int, w: dict, classes: list[str],
     return ex
 
 
-def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
+def _attention_figures(run_dir: Path, run_data: RunData, worst, log, model=None,
                        n: int = 2) -> list[tuple[str, str]]:
     """Attention maps / Grad-CAM / token attributions of the worst test examples (else
     validation), written by ``explain`` to ``RUN/explain/``; none where it does not apply."""
@@ -837,7 +916,7 @@ def _attention_figures(run_dir: Path, run_data: RunData, worst, log,
         return []
     try:
         written = explain(run_dir / "bundle", [str(x) for x in inputs], run_dir / "explain",
-                          texts=texts)
+                          texts=texts, model=model)
     except (TransferkitError, RuntimeError) as e:
         log(f"report: no attention maps ({e})")
         return []

@@ -4,11 +4,14 @@ from measurements on the training and validation splits (test data is never read
 1. **Probe every candidate backbone** (the offline built-ins of the data's modality, or the
    one ``--backbone`` names), cheapest first, while the probing share of the budget lasts:
    its cached features of train and validation, LogME on train, and a logistic-regression
-   probe with ``C`` chosen on validation.  The best validation accuracy wins (LogME breaks
-   ties).
+   probe with ``C`` chosen on validation.  For images, the best two are then probed side by
+   side (``concat:A+B``, features concatenated).  Validation accuracies within one standard
+   error of the best count as tied (a few dozen validation samples cannot tell them apart);
+   among those a single backbone goes before a pair, then the highest LogME wins.
 2. **Place the case** in the size x similarity guideline (as ``transferkit advise`` does): the
    labelled samples per class, and the winner's source-classifier familiarity.
-3. **Plan**: small data similar to the pretraining data keeps the probe (``linear``); small
+3. **Plan**: small data similar to the pretraining data keeps the probe (``linear``), refit
+   on train + validation at the chosen ``C`` (small data: every labelled sample counts); small
    and different data tries ``partial`` fine-tuning, larger data ``finetune``.  Both start
    with the new head on cached features and then train through the backbone under what is
    left of the budget, with early stopping; the engine keeps the best epoch on validation
@@ -21,13 +24,14 @@ case, the plan and the reasons.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .backbones import build_backbone
+from .backbones import COMBINED_PREFIX, build_backbone, combined_name
 from .config import RunConfig
 from .engine.budget import format_seconds
 from .engine.cache import FeatureCache
@@ -98,6 +102,8 @@ def _probe_all(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable
         try:
             row = probe(name, cfg, splits, kwargs_for(name))
         except BackboneError as e:  # a built-in whose package is absent is skipped, said
+            if cfg.backbone.name:  # the one the user named: its own message
+                raise
             log(f"auto: {name} skipped: {e}")
             continue
         log(f"auto: {name}: probe val accuracy {row['probe_val_accuracy']:.4f}, LogME "
@@ -105,14 +111,74 @@ def _probe_all(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable
         rows.append(row)
     if not rows:
         raise ConfigError("--strategy auto: no candidate backbone could be probed")
+    if modality == "image" and len(rows) > 1:
+        if time.perf_counter() - t0 > PROBE_SHARE * budget_s:
+            log("auto: the best two backbones together not probed (probing share spent)")
+        else:
+            rows.append(_probe_pair(rows, cfg, splits, kwargs_for, log))
     return rows
+
+
+def _probe_pair(rows: list[dict[str, Any]], cfg: RunConfig, splits: dict, kwargs_for: Callable,
+                log) -> dict[str, Any]:
+    """The best two probes' backbones side by side (features concatenated), probed alike."""
+    top = sorted(rows, key=lambda r: (-r["probe_val_accuracy"], -r["logme"]))[:2]
+    name = combined_name([r["backbone"] for r in top])
+    row = probe(name, cfg, splits, kwargs_for(top[0]["backbone"]))
+    row["familiarity"] = min((r["familiarity"] for r in top if r["familiarity"] is not None),
+                             default=None)
+    log(f"auto: {name}: probe val accuracy {row['probe_val_accuracy']:.4f}, LogME "
+        f"{row['logme']:.3f} ({format_seconds(row['seconds'])})")
+    return row
+
+
+def fixed_choice(cfg: RunConfig, backbone: str, *, several: bool, shots_only: bool,
+                 log) -> tuple[RunConfig, dict[str, Any]] | None:
+    """The cases ``auto`` decides without probes (else None): several data sets or tasks
+    share one frozen backbone; a few shots without validation data take the nearest class
+    prototype, which has nothing to choose on the shots."""
+    if several:
+        strategy, why = "freeze", ("several data sets or tasks share one backbone: frozen, "
+                                   "with a head per task; name a strategy (e.g. finetune) to "
+                                   "adapt the backbone")
+    elif shots_only:
+        strategy, why = "prototype", (f"{cfg.data.shots} labelled samples a class and no "
+                                      "validation data: the nearest class prototype on frozen "
+                                      "features (SimpleShot), which chooses nothing on the "
+                                      "shots")
+    else:
+        return None
+    chosen = cfg.updated({"backbone": backbone, "strategy": strategy}, where="auto")
+    record = {"candidates": [], "chosen": {"backbone": backbone, "strategy": strategy,
+                                           "options": {}},
+              "case": {"several": several, "shots": cfg.data.shots},
+              "budget_s": cfg.train.budget_seconds, "probing_s": 0.0,
+              "reasons": [f"{backbone}: the default backbone of the data (not probed)", why],
+              "test_used": False}
+    log(f"auto: chose {backbone} + {strategy}: {why}")
+    return chosen, record
+
+
+def pick(rows: list[dict[str, Any]], n_val: int) -> tuple[dict[str, Any], float]:
+    """The candidate to run, and the tolerance: validation accuracies within one standard
+    error (and at least one sample) of the best count as tied, since a few dozen validation
+    samples cannot tell them apart; among those a single backbone goes before a pair (half
+    the cost), then the highest LogME (which reads every training sample)."""
+    top = max(r["probe_val_accuracy"] for r in rows)
+    n = max(n_val, 1)
+    p = (top * n + 1) / (n + 2)  # kept off 0 and 1, so a perfect score still has an error
+    tol = max(math.sqrt(p * (1 - p) / n), 1 / n)
+    tied = [r for r in rows if r["probe_val_accuracy"] >= top - tol - 1e-9]
+    return max(tied, key=lambda r: (COMBINED_PREFIX not in r["backbone"], r["logme"])), tol
 
 
 def plan(size: str, similarity: str) -> tuple[str, dict[str, Any], str]:
     """The strategy, its options and why, for a case of the guideline."""
     if size == "small" and similarity == "similar":
-        return "linear", {}, ("small data close to the pretraining data: the probe on frozen "
-                              "features, nothing to gain from moving the backbone")
+        return "linear", {"refit": True}, (
+            "small data close to the pretraining data: the probe on frozen features, nothing "
+            "to gain from moving the backbone; C chosen on validation, then refit on train + "
+            "validation (small data: every labelled sample counts)")
     if size == "small":
         return "partial", {}, ("small data unlike the pretraining data: the top layers adapt, "
                                "the rest stays; kept only if validation beats the head alone")
@@ -126,7 +192,7 @@ def choose(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable,
     t0 = time.perf_counter()
     budget_s = cfg.train.budget_seconds or DEFAULT_BUDGET_S
     rows = _probe_all(cfg, splits, modality, kwargs_for, budget_s, log)
-    best = max(rows, key=lambda r: (r["probe_val_accuracy"], r["logme"]))
+    best, tol = pick(rows, len(splits["val"]))
     counts = np.bincount(np.asarray(splits["train"].labels), minlength=len(splits["train"].classes))
     per_class = float(np.median(counts))
     size = "small" if per_class < SMALL_PER_CLASS else "large"
@@ -141,8 +207,11 @@ def choose(cfg: RunConfig, splits: dict, modality: str, kwargs_for: Callable,
               "case": {"size": size, "per_class_median": per_class, "similarity": similarity,
                        "familiarity": fam},
               "budget_s": budget_s, "probing_s": round(time.perf_counter() - t0, 2),
-              "reasons": [f"{best['backbone']}: best probe validation accuracy "
-                          f"{best['probe_val_accuracy']:.4f} of {len(rows)} candidate(s)",
+              "reasons": [f"{best['backbone']}: probe validation accuracy "
+                          f"{best['probe_val_accuracy']:.4f}, within {tol:.4f} (one standard "
+                          f"error, at least one sample) of the best of {len(rows)} "
+                          "candidate(s), and the highest LogME of those (a single backbone "
+                          "before a pair)",
                           f"{size} data ({per_class:.0f} a class; small below "
                           f"{SMALL_PER_CLASS}), {similarity} to the pretraining data ("
                           + ("no source classifier: assumed" if fam is None

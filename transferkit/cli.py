@@ -27,7 +27,6 @@ from .auto import DESCRIPTION as AUTO_DESCRIPTION
 from .compare import GREY_CHOICES, compare as run_compare, table_markdown as compare_table
 from .paths import paths_record, paths_table
 from .rank import rank, rank_table, write_rank
-from .strategies.base import get_strategy
 from .report.explain import explain
 from .settings import meta, split_optional
 from .strategies.base import list_strategies
@@ -325,8 +324,7 @@ def cmd_fit(a) -> int:
         return 0
     cfg = load_config_file(a.config) if a.config else RunConfig()
     cfg = cfg.updated(given_settings(a), where="command line")
-    if cfg.data.path is None and not cfg.data.tasks and get_strategy(cfg.strategy.name,
-                                              **cfg.strategy.options).needs_data:
+    if cfg.data.path is None and not cfg.data.tasks and api.needs_data(cfg):
         raise ConfigError("fit needs DATA (a folder, CSV/TSV, .tar.gz or .npz), or --resume RUN")
     if launch_processes(cfg.train.processes, a.argv):
         return 0

@@ -108,8 +108,9 @@ class BackboneConfig(Settings):
 class StrategyConfig(Settings):
     section: ClassVar[str] = "strategy"
 
-    name: str = setting("freeze", "strategy; see `transferkit list "
-                        "strategies`", flag="--strategy", short="-s", flat="strategy")
+    name: str = setting("auto", "strategy (default auto: chosen for the data under "
+                        "--budget); see `transferkit list strategies`", flag="--strategy",
+                        short="-s", flat="strategy")
     options: dict[str, Any] = setting(factory=dict, help="strategy option, e.g. -o layers=3 "
                                       "-o backbone_lr=1e-4", flag="--option", short="-o",
                                       metavar="KEY=VALUE")

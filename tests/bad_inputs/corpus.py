@@ -1018,6 +1018,20 @@ def unknown_backbone(ctx):
 
 
 @case
+def combined_backbone_of_one(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx)[:3] + ["concat:tiny-cnn"] + fit(data, ctx)[4:],
+                names=("concat:tiny-cnn", "two or more"))
+
+
+@case
+def combined_backbone_with_a_text_member(ctx):
+    data = image_folder(ctx.root / "d")
+    return Case(fit(data, ctx)[:3] + ["concat:tiny-cnn+tiny-bert"] + fit(data, ctx)[4:],
+                names=("concat:tiny-cnn+tiny-bert", "'tiny-bert' is not an image backbone"))
+
+
+@case
 def image_backbone_on_text(ctx):
     path = csv_file(ctx.root / "t.csv", text_rows())
     return Case(fit(path, ctx), names=("tiny-cnn",))
@@ -1320,7 +1334,7 @@ def descriptions_with_a_trained_strategy(ctx):
     data = csv_file(ctx.root / "t.csv", text_rows())
     path = descriptions_file(ctx, {"neg": "bad", "pos": "good"})
     return Case(fit_text(data, ctx, "--descriptions", path),
-                names=("--descriptions", "'freeze'", "does not read"))
+                names=("--descriptions", "'auto'", "does not read"))
 
 
 @case

@@ -368,10 +368,7 @@ def check_split_images(splits: dict, skip_bad: bool, log) -> dict:
             continue
         if skip_bad:
             kept, bad = scan_images(s, skip_bad=True)
-            if bad:
-                log(f"skipped {len(bad)} unreadable file(s) in {name}:")
-                for origin, reason in bad:
-                    log(f"  {origin}: {reason}")
+            _log_skipped(name, bad, log)
             out[name] = kept
         else:
             for item, origin in zip(s.items, s.origins):
@@ -380,4 +377,35 @@ def check_split_images(splits: dict, skip_bad: bool, log) -> dict:
                 except DataError as exc:
                     raise DataError(f"{exc}; {SKIP_BAD_HINT}") from None
             out[name] = s
+    return out
+
+
+def _log_skipped(name: str, bad: list[tuple[str, str]], log) -> None:
+    if bad:
+        log(f"skipped {len(bad)} unreadable file(s) in {name}:")
+        for origin, reason in bad:
+            log(f"  {origin}: {reason}")
+
+
+def drop_bad_images(splits: dict, bad: dict[str, list[int]], log) -> dict:
+    """:func:`check_split_images` with ``skip_bad`` when the images were decoded already
+    (by a feature pass): ``bad`` names the positions, per split, that could not be decoded.
+    They are left out and listed through ``log`` with the reasons and in the words of a
+    scan; ``splits`` without bad positions come back as they are."""
+    out = {}
+    for name, s in splits.items():
+        gone = sorted(set(bad.get(name, ())))
+        if s is None or not gone:
+            out[name] = s
+            continue
+        listed = []
+        for i in gone:
+            origin = s.origins[i]
+            error = _scan_one(s.items[i], origin)
+            message = str(error) if error is not None else f"{origin}: could not be decoded"
+            prefix = f"{origin}: "
+            listed.append((origin, message[len(prefix):] if message.startswith(prefix) else message))
+        _log_skipped(name, listed, log)
+        drop = set(gone)
+        out[name] = s.subset([i for i in range(len(s)) if i not in drop])
     return out

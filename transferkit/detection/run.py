@@ -114,6 +114,17 @@ def check_detection_settings(cfg) -> None:
         raise ConfigError("--task detection reads DATA from a path (COCO .json or YOLO folder)")
 
 
+def detection_strategy(cfg, log) -> str:
+    """The strategy's name; ``auto`` (the default) trains the head on the frozen backbone,
+    the best of the measured settings within a CPU budget (benchmarks/results/
+    detection_digits.md)."""
+    if cfg.strategy.name != "auto":
+        return cfg.strategy.name
+    log("auto: detection trains its head on the frozen backbone (freeze, the best measured "
+        "within a CPU budget); --strategy finetune adapts the backbone too")
+    return "freeze"
+
+
 def fit_detection(cfg, *, resume: bool = False, record: dict | None = None) -> "TrainedDetector":
     """Fit a detector (see the module's notes); ``record`` is written as
     ``run_config.json`` when training starts."""
@@ -122,7 +133,7 @@ def fit_detection(cfg, *, resume: bool = False, record: dict | None = None) -> "
         check_run_folder(cfg.run.out, resume=resume, overwrite=cfg.run.overwrite)
     rep = Reporter(cfg.run.quiet)
     t0 = time.perf_counter()
-    strat = get_strategy(cfg.strategy.name, **cfg.strategy.options)
+    strat = get_strategy(detection_strategy(cfg, rep.log), **cfg.strategy.options)
     head_cfg = DetectionHeadConfig(**cfg.detection.to_dict(),
                                    image_size=cfg.backbone.image_size or 128).validate()
     splits = read_splits(cfg, rep.log)

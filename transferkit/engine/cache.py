@@ -26,6 +26,7 @@ import torch
 from . import onnx
 from .layers import extract_layer_features
 from .onnx import run
+from ..data.samples import Samples
 from ..heads import masked_mean
 from ..io import save_tensors
 
@@ -132,6 +133,74 @@ class FeatureCache:
         self.hits += len(samples) - len(missing)
         return _assemble(keys, index, missing, new_feats, backbone.feature_dim)
 
+    def features_many(self, backbone, pipeline, sets: dict, *, batch_size: int = 64,
+                      progress=None, skip_bad: bool = False
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+        """:meth:`features` of several named sample sets in one pass: the samples the cache
+        lacks, of every set, go through one loader (one start-up) and the backbone together.
+        What is stored and counted is what :meth:`features` called set after set stores and
+        counts: one shard per set, named by its new keys; a sample already computed for an
+        earlier set is a hit of the later ones.
+
+        ``skip_bad``: an image that cannot be decoded does not raise; its position is listed
+        under its set's name in the second dict, its row is zero, it is neither stored nor
+        counted.  Returns ``({name: (N, D) features}, {name: [bad positions]})``."""
+        runtime = self._runtime(backbone, pipeline)
+        if runtime == "onnx" and next(iter(sets.values())).modality != "image" \
+                and self._session(backbone, runtime) is None:  # no graph: eager, own namespace
+            runtime = self._runtime(backbone, pipeline)
+        ns_dir = self.dir / namespace(backbone, pipeline.describe(train=False), runtime)
+        keys = {n: [item_key(it, s.modality) for it in s.items] for n, s in sets.items()}
+        index = self._index(ns_dir) if self.enabled else {}
+        todo = _new_positions(keys, index)
+        computed, bad_keys = self._compute_many(backbone, pipeline, sets, keys, todo, runtime,
+                                                batch_size, progress, skip_bad)
+        out: dict[str, torch.Tensor] = {}
+        bad: dict[str, list[int]] = {}
+        for name, ks in keys.items():
+            bad[name] = [i for i, k in enumerate(ks) if k in bad_keys]
+            good = [i for i, k in enumerate(ks) if k not in bad_keys]
+            mine = [ks[i] for n, i in todo if n == name and ks[i] not in bad_keys]
+            if mine and self.enabled:
+                shard = hashlib.sha1("".join(mine).encode()).hexdigest()[:20]
+                save_tensors(ns_dir / f"{shard}.safetensors",
+                             {"pooled": torch.stack([computed[k] for k in mine])},
+                             metadata={"keys": json.dumps(mine), "backbone": backbone.identity()})
+            new = len(good) if not self.enabled else len(mine)
+            self.misses += new
+            self.hits += len(good) - new
+            out[name] = _rows(ks, good, index, computed, backbone.feature_dim)
+        return out, bad
+
+    def _compute_many(self, backbone, pipeline, sets, keys, todo, runtime, batch_size,
+                      progress, skip_bad) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """The features of the ``todo`` positions, in one pass: ``({key: row}, bad keys)``.
+        Texts (read in the main process: no loader start-up to save) keep one pass per set,
+        batched by length within the set as :meth:`features` batches them."""
+        if not todo:
+            return {}, set()
+        first = next(iter(sets.values()))
+        if first.modality != "image" and len({n for n, _ in todo}) > 1:
+            computed: dict[str, torch.Tensor] = {}
+            for name in dict.fromkeys(n for n, _ in todo):
+                part = [(n, i) for n, i in todo if n == name]
+                computed.update(self._compute_many(backbone, pipeline, sets, keys, part,
+                                                   runtime, batch_size, progress, skip_bad)[0])
+            return computed, set()
+        joined = Samples(modality=first.modality, classes=[], labels=None,
+                         items=[sets[n].items[i] for n, i in todo],
+                         origins=[sets[n].origins[i] for n, i in todo], source=first.source)
+        t0, export_before = time.perf_counter(), self.export_s
+        bad: list[int] | None = [] if skip_bad else None
+        # the graph is exported (a cold cache folder) while the loader's workers decode
+        feats = extract_features(backbone, pipeline, joined, batch_size=batch_size,
+                                 progress=progress, bad=bad,
+                                 session_fn=lambda: self._session(backbone, runtime))
+        self.compute_s += time.perf_counter() - t0 - (self.export_s - export_before)
+        bad_set = set(bad or [])
+        bad_keys = {keys[n][i] for j, (n, i) in enumerate(todo) if j in bad_set}
+        return {keys[n][i]: feats[j] for j, (n, i) in enumerate(todo) if j not in bad_set}, bad_keys
+
     def layer_features(self, backbone, pipeline, samples, layers: list[int], *,
                        batch_size: int = 64) -> dict[int, torch.Tensor]:
         """``{layer: (N, D_layer)}``: the pooled outputs of intermediate ``layers`` (1-based
@@ -188,6 +257,34 @@ class FeatureCache:
             self.export_s += time.perf_counter() - t0
 
 
+def _new_positions(keys: dict[str, list[str]], index: dict) -> list[tuple[str, int]]:
+    """``(set name, position)`` of every sample to compute: not in ``index`` and not first
+    met in an earlier set (a set's own repeats are all kept, as :meth:`FeatureCache.features`
+    keeps them)."""
+    owner: dict[str, str] = {}
+    todo = []
+    for name, ks in keys.items():
+        for i, k in enumerate(ks):
+            if k not in index and owner.setdefault(k, name) == name:
+                todo.append((name, i))
+    return todo
+
+
+def _rows(keys: list[str], good: list[int], index: dict, computed: dict[str, torch.Tensor],
+          dim: int) -> torch.Tensor:
+    """Rows of ``keys`` (zero at the positions not in ``good``): computed just now, or read
+    from the shards ``index`` names."""
+    kept = [keys[i] for i in good]
+    missing = [j for j, k in enumerate(kept) if k in computed]
+    new = torch.stack([computed[kept[j]] for j in missing]) if missing else None
+    rows = _assemble(kept, index, missing, new, dim)
+    if len(good) == len(keys):
+        return rows
+    out = torch.zeros((len(keys), rows.shape[1] if len(kept) else dim), dtype=torch.float32)
+    out[good] = rows
+    return out
+
+
 def _assemble(keys: list[str], index: dict[str, tuple[Path, int]], missing: list[int],
               new_feats: torch.Tensor | None, default_dim: int) -> torch.Tensor:
     """Rows in ``keys`` order: ``missing`` positions from ``new_feats`` (in that order), the
@@ -214,18 +311,36 @@ def _assemble(keys: list[str], index: dict[str, tuple[Path, int]], missing: list
 
 
 def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progress=None,
-                     session=None) -> torch.Tensor:
+                     session=None, bad: list[int] | None = None,
+                     session_fn=None) -> torch.Tensor:
     """Run the frozen backbone once over ``samples``; pooled features in item order.
 
     With an ONNX Runtime ``session``, the graph runs there instead.
+    ``bad``: a list that receives the positions of images that cannot be decoded (their
+    rows stay zero) instead of raising.  ``session_fn()``: builds the session (or returns
+    None) once the loader has started, so that exporting the graph overlaps the decoding.
     """
     was_training = backbone.training
     backbone.eval()
     out: torch.Tensor | None = None
     task = progress.add_task("features", total=len(samples)) if progress else None
+    held = [session, session_fn is None]   # the session, and whether it is built
+
+    def build() -> None:
+        if not held[1]:
+            held[0], held[1] = session_fn(), True
+
+    def started() -> None:  # more than a batch: the workers decode while the graph exports
+        if len(samples) > batch_size:
+            build()
     try:
         with torch.inference_mode():
-            for batch in pipeline.batches(samples, batch_size=batch_size):
+            for batch in pipeline.batches(samples, batch_size=batch_size, bad=bad,
+                                          started=started):
+                if not len(batch.indices):
+                    continue
+                build()  # not before a decodable image (a warm cache rereads bad ones alone)
+                session = held[0]
                 if session is not None:
                     f = run(session, batch.inputs)
                 else:
@@ -233,7 +348,7 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
                     f = o["pooled"] if "pooled" in o else masked_mean(o["tokens"], o["mask"])
                     f = f.float().cpu()
                 if out is None:
-                    out = torch.empty((len(samples), f.shape[1]), dtype=torch.float32)
+                    out = torch.zeros((len(samples), f.shape[1]), dtype=torch.float32)
                 out[batch.indices] = f
                 if progress:
                     progress.advance(task, len(batch.indices))
@@ -242,5 +357,5 @@ def extract_features(backbone, pipeline, samples, *, batch_size: int = 64, progr
         if progress and task is not None:
             progress.remove_task(task)
     if out is None:
-        out = torch.empty((0, backbone.feature_dim))
+        out = torch.zeros((len(samples), backbone.feature_dim))
     return out.clone()

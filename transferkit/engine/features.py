@@ -60,13 +60,45 @@ class Features:
         ``name`` until the weights change)."""
         if name not in self._memo:
             t0 = time.perf_counter()
-            bb = self.model.backbone
-            cache = self.cache
-            if self.weights_changed or not bb.pretrained:
-                cache = FeatureCache(enabled=False, runtime="torch")
-            self._memo[name] = self._compute(cache, samples)
+            self._memo[name] = self._compute(self._cache(), samples)
             self.timing["features_s"] = self.timing.get("features_s", 0.0) + time.perf_counter() - t0
         return self._memo[name]
+
+    def get_many(self, sets: dict, *, skip_bad: bool = False) -> dict[str, list[int]]:
+        """:meth:`get` of several named sample sets: those not kept yet are computed in one
+        pass (one loader, one start-up; the cache stores and serves them per set as
+        :meth:`get` does).  ``skip_bad``: an image that cannot be decoded is listed (its
+        position, under its set's name, in what is returned) instead of raising; its row is
+        zero until :meth:`keep` drops it.  In a data-parallel run the sets are computed one
+        by one as :meth:`get` computes them (``skip_bad`` does not apply)."""
+        todo = {n: s for n, s in sets.items() if n not in self._memo}
+        procs = self.processes
+        if not todo:
+            return {}
+        if procs is not None and procs.world > 1:
+            for name, samples in todo.items():  # the main process computes, set by set
+                self.get(name, samples)
+            return {}
+        t0 = time.perf_counter()
+        feats, bad = self._cache().features_many(self.model.backbone, self.pipeline, todo,
+                                                 batch_size=self.batch_size,
+                                                 progress=self.progress, skip_bad=skip_bad)
+        self._memo.update(feats)
+        self.timing["features_s"] = self.timing.get("features_s", 0.0) + time.perf_counter() - t0
+        return {n: b for n, b in bad.items() if b}
+
+    def keep(self, name: str, positions) -> None:
+        """Keep only the rows at ``positions`` of the features kept under ``name`` (the
+        samples left once the undecodable images are dropped)."""
+        if name in self._memo:
+            self._memo[name] = self._memo[name][torch.as_tensor(positions, dtype=torch.long)]
+
+    def _cache(self) -> FeatureCache:
+        """The persistent cache while the backbone holds its pretrained weights, else a
+        disabled one (features computed afresh, never stored)."""
+        if self.weights_changed or not self.model.backbone.pretrained:
+            return FeatureCache(enabled=False, runtime="torch")
+        return self.cache
 
     def _compute(self, cache: FeatureCache, samples) -> torch.Tensor:
         procs = self.processes

@@ -49,9 +49,14 @@ class InputPipeline:
         return f"text:max_length={getattr(self.backbone, 'max_length', None)}"
 
     def batches(self, samples, *, batch_size: int, train: bool = False, shuffle: bool = False,
-                seed: int = 0, keep_order: bool = False) -> Iterator[Batch]:
+                seed: int = 0, keep_order: bool = False,
+                bad: list[int] | None = None, started=None) -> Iterator[Batch]:
         """Batches of ``samples``: shuffled by ``seed``, or in order (texts of similar token
-        count batched together for speed unless ``keep_order``)."""
+        count batched together for speed unless ``keep_order``).  An image that cannot be decoded
+        raises its one-line :class:`DataError`, or, given a ``bad`` list, has its position
+        appended there and is left out of its batch (a batch of bad images alone is skipped).
+        ``started()`` is called once the loader runs (its workers decoding), before the first
+        batch is waited for: work done there overlaps the decoding."""
         if samples.modality != self.modality:
             raise DataError(f"{samples.source}: holds {samples.modality} data but backbone "
                             f"{self.backbone.name!r} takes {self.modality}")
@@ -60,10 +65,16 @@ class InputPipeline:
                                  batch_size=batch_size, shuffle=shuffle, seed=seed,
                                  workers=self.workers, grayscale=self.grayscale,
                                  target_size=self.target_size)
-            for x, y, idx, bad in loader:
-                if bad:
-                    self._raise_bad(samples, bad[0])
-                yield Batch(x.to(self.device), y.to(self.device), idx)
+            batches = iter(loader)
+            if started is not None:
+                started()
+            for x, y, idx, undecoded in batches:
+                if undecoded:
+                    if bad is None:
+                        self._raise_bad(samples, undecoded[0])
+                    bad.extend(undecoded)
+                if x is not None:
+                    yield Batch(x.to(self.device), y.to(self.device), idx)
         else:
             order = None
             if not shuffle and not keep_order and len(samples) > batch_size:
@@ -71,6 +82,8 @@ class InputPipeline:
                 order = np.argsort(self._token_counts(samples.items), kind="stable")
                 samples = samples.subset(order.tolist())
             loader = make_loader(samples, batch_size=batch_size, shuffle=shuffle, seed=seed)
+            if started is not None:
+                started()
             for texts, y, idx in loader:
                 tok = self.backbone.tokenize(list(texts))
                 tok = {k: v.to(self.device) for k, v in tok.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,6 +74,19 @@ class Best:
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return (seed * 1_000_003 + stage * 10_007 + epoch) % (2**31 - 1)
+
+
+@contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (unchanged when ``n`` is None)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
@@ -212,6 +226,7 @@ class Trainer:
         self.state: FitState | None = None
         self._snapshots: Snapshots | None = None
         self._val = None
+        self._test = None
         self._task_weights: list[float] | None = None
 
     # ------------------------------------------------------------------ services
@@ -272,7 +287,8 @@ class Trainer:
         under its own name for later calls."""
         if use_cache is None:
             use_cache = self.features.usable()
-        name = "val" if samples is self._val else f"eval:{id(samples)}"
+        name = ("val" if samples is self._val else "test" if samples is self._test
+                else f"eval:{id(samples)}")
         feats = self.features.get(name, samples) if use_cache else None
         return self.logits(samples, features=feats)
 
@@ -341,7 +357,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, train, val, *, resume: bool = False, target=None, target_test=None,
-            target_labelled=None, unlabelled=None, callbacks: list[Callback] = ()) -> FitResult:
+            target_labelled=None, unlabelled=None, callbacks: list[Callback] = (),
+            test=None, check_images: Callable | None = None) -> FitResult:
         """Train on ``train``, choose on ``val``.
 
         ``target``: unlabelled samples of the target domain (labels, if any, are dropped
@@ -350,8 +367,19 @@ class Trainer:
         ``unlabelled``: unlabelled samples of the task itself (the rest of a few-shot
         training split), kept as ``"unlabelled"`` for strategies that use them.
         ``callbacks`` run after the engine's own.
+
+        ``test``: samples the caller scores after training (:meth:`evaluate`); when they will
+        be scored through cached features, theirs are computed in the same pass as the
+        training and validation features.  ``check_images(sets, bad)``: the caller's check of
+        the images of ``{"train", "val"[, "test"]}`` before training (``--skip-bad``), which
+        returns the sets with the unreadable images left out (and names them): ``bad`` holds
+        the positions the feature pass could not decode, when that pass reads every image
+        anyway, else ``None`` (the caller then scans the images itself).
         """
+        self._test = test
         state = self._start(train, val, target, target_test, target_labelled)
+        if check_images is not None:
+            self._check_images(state, check_images)
         if unlabelled is not None and len(unlabelled):
             state.data["unlabelled"] = unlabelled
         cbs = self._callbacks(state, resume, target is not None) + list(callbacks)
@@ -446,8 +474,38 @@ class Trainer:
             state.candidates = list(solution.candidates) or [("fit", None)]
             state.solution = dict(solution.info)
         elif state.cached and state.epoch < stage.epochs:
-            self.features.get("train", state.data["train"])  # once, before the clock of epoch 1
-            self.features.get("val", state.data["val"])
+            # once, before the clock of epoch 1, in one pass
+            self.features.get_many(self._pass_sets(state))
+
+    def _pass_sets(self, state: FitState) -> dict[str, Any]:
+        """The sample sets whose features one pass computes at the start of a stage that
+        reads cached features: train and val, and the test samples when no stage from here
+        on changes the backbone (they will be scored through the same features)."""
+        sets = {"train": state.data["train"], "val": state.data["val"]}
+        later = state.stages[state.stage_index:]
+        if self._test is not None and all(st.frozen_backbone for st in later):
+            sets["test"] = self._test
+        return sets
+
+    def _check_images(self, state: FitState, check: Callable) -> None:
+        """``check`` (see :meth:`fit`) over train, val and test; with the first stage on
+        cached features (one process) the feature pass finds the undecodable images, and
+        the features of the images kept are those of that pass."""
+        sets = {"train": state.data["train"], "val": state.data["val"]}
+        if self._test is not None:
+            sets["test"] = self._test
+        first, in_pass = state.stages[0], self._pass_sets(state)
+        bad = None
+        if (self.processes.world == 1 and first.solve is None and first.epochs > 0
+                and self.features.usable(first) and in_pass.keys() == sets.keys()):
+            bad = self.features.get_many(in_pass, skip_bad=True)
+        kept = check(dict(sets), bad)
+        for name, gone in (bad or {}).items():
+            drop = set(gone)
+            self.features.keep(name, [i for i in range(len(sets[name])) if i not in drop])
+        state.data["train"], state.data["val"] = kept["train"], kept["val"]
+        self._val = kept["val"]
+        self._test = kept.get("test")
 
     def _optimizer(self, stage) -> torch.optim.Optimizer:
         groups = [{"params": list(g.params), "lr": g.lr, "initial_lr": g.lr, "name": g.name}
@@ -474,7 +532,11 @@ class Trainer:
             if apply is not None:
                 apply(self.model)
             return {**record, "train_loss": None, "lr": None, "seconds": 0.0, "setting": label}
-        train_loss, lr, terms = self._train_batches(state, fire)
+        # a head on cached features is a few small ops per batch, too small to split across
+        # threads: on a shared CPU, threads waiting for each other made them 10x slower
+        one = 1 if state.cached and self.device.type == "cpu" else None
+        with intra_op_threads(one):
+            train_loss, lr, terms = self._train_batches(state, fire)
         if not stage.frozen_backbone:
             self.features.backbone_changed()
         record.update(train_loss=train_loss, lr=lr)

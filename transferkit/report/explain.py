@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, build_from_spec
-from ..bundle import load_model
+from ..bundle import load_model, read_config
 from ..data.images import check_image, open_image
 from ..data.readers import IMAGE_EXTENSIONS
 from ..data.transforms import eval_transform
@@ -57,12 +57,15 @@ _CONTAINERS = ("blocks", "stages", "layers", "features")
 
 # --------------------------------------------------------------------------- entry point
 
-def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> list[Path]:
+def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False,
+            model=None) -> list[Path]:
     """Write attention / attribution maps of the bundle's model for ``inputs`` under ``out_dir``.
 
     ``inputs`` are image files or folders of images for an image model; for a text model they
     are text files (each file one text) or, with ``texts=True``, the texts themselves.
     Returns the paths written: one PNG per input, ``explain.json`` and ``explain.html``.
+    ``model``: the model the bundle was just saved from, still in memory (a run's report),
+    used in place of rebuilding it from the bundle's files (the same weights).
     """
     inputs = [str(x) for x in (inputs or [])]
     if not inputs:
@@ -70,7 +73,10 @@ def explain(bundle_path, inputs: list[str], out_dir, *, texts: bool = False) -> 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder")
-    model, _, cfg = load_model(bundle_path)
+    if model is None:
+        model, _, cfg = load_model(bundle_path)
+    else:
+        cfg = read_config(Path(bundle_path))
     if model.tasks or model.domains:
         what = "several tasks" if model.tasks else "a part per input domain"
         raise ConfigError(f"{bundle_path}: the model has {what}; explain takes a model of one "

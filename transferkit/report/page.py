@@ -190,9 +190,21 @@ def _candidates(metrics: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _auto(metrics: dict[str, Any]) -> str:
+    """How ``--strategy auto`` chose: the choice, the reasons, every candidate's figures."""
+    auto = metrics.get("auto")
+    if not auto:
+        return ""
+    chosen = auto["chosen"]
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in auto.get("reasons", []))
+    return (f"<h3>auto: {esc(chosen['backbone'])} + {esc(chosen['strategy'])}</h3>"
+            f"<ul>{reasons}</ul>" + _candidates({"candidates": auto.get("candidates")}))
+
+
 def _strategy_section(content: ReportContent, metrics: dict[str, Any], run_dir: Path) -> str:
     parts = [f"<h3>{esc(caption)}</h3>" + inline_image(run_dir / f, caption)
              for caption, f in content.strategy_figures if (run_dir / f).is_file()]
+    parts.append(_auto(metrics))
     parts.append(_candidates(metrics))
     body = "".join(parts)
     return f"<h2>Strategy figures</h2>{body}" if body else ""

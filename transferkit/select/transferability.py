@@ -101,7 +101,9 @@ def _class_evidence(U: np.ndarray, sigma: np.ndarray, d: int, t: np.ndarray) -> 
         gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
         m2, res2 = _posterior_norms(z, sigma, rest, alpha, beta)
         alpha_new = gamma / max(m2, 1e-300)
-        beta_new = (n - gamma) / max(res2, 1e-300)
+        # gamma reaches n when the features fit every target exactly (n <= d): the noise
+        # precision then grows without bound, kept finite here
+        beta_new = max(n - gamma, 1e-10) / max(res2, 1e-300)
         done = abs(alpha_new / beta_new - alpha / beta) <= LOGME_TOL * (alpha / beta)
         alpha, beta = alpha_new, beta_new
         if done:

@@ -1,7 +1,9 @@
 """``linear``: logistic regression (scikit-learn) on frozen, cached features.
 
 The inverse regularisation strength ``C`` is chosen on the validation split from a grid
-unless given.  Features are standardised for the solver and the scaling is folded back into
+unless given; with ``-o refit=true`` the probe is then fitted again, at that ``C``, on the
+training and validation samples together (the validation figures of such a run are scores on
+samples the model saw: ``metrics.json`` says so and keeps the score before the refit).  Features are standardised for the solver and the scaling is folded back into
 one dense layer, so the bundle holds an ordinary linear head.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError
 from .base import Options, Solution, Stage, Strategy, register_strategy
@@ -42,6 +45,7 @@ def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, n_classes: int, seed: int
 class LinearOptions(Options):
     C: float | None = None
     max_iter: int = 3000
+    refit: bool = False
 
 
 @register_strategy
@@ -62,8 +66,22 @@ class Linear(Strategy):
         if getattr(state, "val_is_train", False):
             return self.fit_on_shots(state.model, state.features("train"),
                                      state.labels("train"), state.cfg.seed)
-        return self.fit_closed_form(state.model, state.features("train"), state.labels("train"),
-                                    state.features("val"), state.labels("val"), state.cfg.seed)
+        x, y = state.features("train"), state.labels("train")
+        xv, yv = state.features("val"), state.labels("val")
+        solution = self.fit_closed_form(state.model, x, y, xv, yv, state.cfg.seed)
+        if not self.options.refit:
+            return solution
+        return self.refit(solution, len(state.model.classes), x, y, xv, yv, state.cfg.seed)
+
+    def refit(self, solution: Solution, n_classes: int, x, y, xv, yv, seed: int) -> Solution:
+        """The probe again at the chosen ``C``, on train + validation."""
+        c = solution.info["C"]
+        xa = torch.cat([x, xv]).double().numpy()
+        ya = torch.cat([y, yv]).numpy()
+        w, b = LinearOnShots(c, self.options.max_iter).fit(xa, ya, n_classes, seed)
+        before = next(t["val_accuracy"] for t in solution.info["grid"] if t["C"] == c)
+        info = dict(solution.info, refit={"samples": len(ya), "val_accuracy_before": before})
+        return Solution([("fit", lambda m: m.head.set_linear(w, b))], info)
 
     def solve_features(self, x, y, n_classes: int, seed: int, unlabelled=None):
         """Logistic regression at ``C`` (1.0 unless given) on standardised ``x``, folded;
@@ -131,7 +149,8 @@ class Linear(Strategy):
                 best = (key, c, coef, bias)
         _, c, coef, bias = best
         w, b = _fold(coef, bias, mu, sd)
-        return Solution([("fit", lambda m: m.head.set_linear(w, b))], {"C": c, "grid": tried})
+        return Solution([("fit", lambda m: m.head.set_linear(w, b))],
+                        {"C": c, "grid": tried})
 
 
 @dataclass
