@@ -80,13 +80,22 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def one_run(set_name: str, strategy: str, seed: int) -> dict:
+def one_run(set_name: str, strategy: str, seed: int, cold: bool = False) -> dict:
+    """One fit; ``cold``: with a feature cache of its own, emptied first (so its CPU time
+    includes every feature pass)."""
+    import shutil
+
     import transferkit
 
-    out = CACHE / "auto_grid_runs" / set_name / f"{strategy}-s{seed}"
+    out = CACHE / "auto_grid_runs" / set_name / f"{strategy}{'-cold' if cold else ''}-s{seed}"
+    extra = {}
+    if cold:
+        folder = CACHE / "auto_grid_cold_cache"
+        shutil.rmtree(folder, ignore_errors=True)
+        extra["cache_dir"] = str(folder)
     c0, t0 = cpu_seconds(), time.perf_counter()
     tm = transferkit.fit(data_path(set_name), strategy=strategy, seed=seed, quiet=True,
-                         out=str(out), overwrite=True, **SETS[set_name])
+                         out=str(out), overwrite=True, **SETS[set_name], **extra)
     m = tm.metrics
     row = {"set": set_name, "strategy": strategy, "seed": seed,
            "val_acc": m["val"]["accuracy"], "test_acc": m["test"]["accuracy"],
@@ -99,6 +108,8 @@ def one_run(set_name: str, strategy: str, seed: int) -> dict:
 
 
 def run_part(part: str, sets: list[str], seeds: list[int]) -> None:
+    """``grid`` / ``auto`` runs (features cached across runs, as a user's cache would) or
+    ``auto-cold`` (auto with an empty feature cache: its CPU time is the one compared)."""
     store = common.RunStore(CACHE / f"{STEM}_{part}_runs.jsonl")
     strategies = GRID if part == "grid" else ("auto",)
     for seed in seeds:
@@ -106,15 +117,18 @@ def run_part(part: str, sets: list[str], seeds: list[int]) -> None:
             for strategy in strategies:
                 key = common.run_key({"set": set_name, "strategy": strategy, "seed": seed,
                                       **SETS[set_name], **RULE.get(strategy, {})})
-                store.run(key, lambda: one_run(set_name, strategy, seed),
-                          label=f"{set_name} seed {seed}: {strategy}")
+                store.reload()  # runs another process of this part stored meanwhile
+                store.run(key, lambda: one_run(set_name, strategy, seed, part == "auto-cold"),
+                          label=f"{set_name} seed {seed}: {part}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("grid", "auto", "report"), default=None,
-                    help="only the grid runs, only the auto runs, or only the report (default: "
-                         "all three)")
+    ap.add_argument("--part", choices=("grid", "auto", "auto-cold", "report"), default=None,
+                    help="only the grid runs, only the auto runs (warm or cold feature cache), "
+                         "or only the report (default: all)")
+    ap.add_argument("--cold-seeds", type=int, nargs="+", default=[0],
+                    help="seeds of the cold-cache auto runs whose CPU time is compared")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--grid-seeds", type=int, nargs="+", default=None,
@@ -127,24 +141,35 @@ def main() -> None:
         run_part("grid", a.sets, grid_seeds)
     if a.part in (None, "auto"):
         run_part("auto", a.sets, a.seeds)
+    if a.part in (None, "auto-cold"):
+        run_part("auto-cold", a.sets, a.cold_seeds)
     if a.part in (None, "report"):
-        report(a.sets, a.seeds, grid_seeds)
+        report(a.sets, a.seeds, grid_seeds, a.cold_seeds)
 
 
-def _stored(part: str, sets: list[str], seeds: list[int]) -> list[dict]:
+def _key(set_name: str, strategy: str, seed: int, rule: bool = True) -> str:
+    return common.run_key({"set": set_name, "strategy": strategy, "seed": seed,
+                           **SETS[set_name], **(RULE.get(strategy, {}) if rule else {})})
+
+
+def _stored(part: str, sets: list[str], seeds: list[int], rule: bool = True) -> list[dict]:
+    """The stored rows of ``part`` for these sets and seeds (``rule=False``: the auto runs
+    made before the one-standard-error rule)."""
     store = common.RunStore(CACHE / f"{STEM}_{part}_runs.jsonl")
-    rows = [common.without_key(r) for r in store.done.values()]
-    return [r for r in rows if r["set"] in sets and r["seed"] in seeds]
+    strategies = GRID if part == "grid" else ("auto",)
+    keys = [_key(s, st, seed, rule) for s in sets for seed in seeds for st in strategies]
+    return [common.without_key(store[k]) for k in keys if k in store]
 
 
-def report(sets: list[str], seeds: list[int], grid_seeds: list[int]) -> None:
+def report(sets: list[str], seeds: list[int], grid_seeds: list[int], cold_seeds: list[int]) -> None:
     grid, auto = _stored("grid", sets, grid_seeds), _stored("auto", sets, seeds)
+    cold = _stored("auto-cold", sets, cold_seeds)
     md, lines = [], []
     for s in sets:
         g, au = [r for r in grid if r["set"] == s], [r for r in auto if r["set"] == s]
         if not g or not au:
             continue
-        md.append(_set_row(s, g, au, lines))
+        md.append(_set_row(s, g, au, [r for r in cold if r["set"] == s], lines))
     uci = [r for r in auto if r["set"] in UCI]
     if uci:
         avg = common.mean_sd(r["test_acc"] for r in uci)[0]
@@ -152,8 +177,10 @@ def report(sets: list[str], seeds: list[int], grid_seeds: list[int]) -> None:
                      f"and {len({r['seed'] for r in uci})} seed(s): {100 * avg:.1f} % (target "
                      f">= {100 * UCI_TARGET:.0f} %: {'met' if avg >= UCI_TARGET else 'missed'}"
                      ").")
-    rows = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()}
-            for r in grid + auto]
+    lines += _first_rule_lines(sets, seeds)
+    rows = [{"part": part, **{k: (json.dumps(v) if isinstance(v, list) else v)
+                              for k, v in r.items()}}
+            for part, rs in (("grid", grid), ("auto", auto), ("auto-cold", cold)) for r in rs]
     cols = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{k: r.get(k, "") for k in cols} for r in rows]
     write_table(STEM, rows, md_rows=md, title="--strategy auto against the "
@@ -162,14 +189,26 @@ def report(sets: list[str], seeds: list[int], grid_seeds: list[int]) -> None:
     plot(md)
 
 
-def _set_row(s: str, g: list[dict], au: list[dict], lines: list[str]) -> dict:
+def _first_rule_lines(sets: list[str], seeds: list[int]) -> list[str]:
+    old = _stored("auto", sets, seeds, rule=False)
+    out = []
+    for s in dict.fromkeys(r["set"] for r in old):
+        rs = [r for r in old if r["set"] == s]
+        out.append(f"- {s}, auto's first choice rule (the best validation accuracy, LogME only "
+                   f"for exact ties), run before the one-standard-error rule: "
+                   f"{common.fmt_pct(r['test_acc'] for r in rs)} % over {len(rs)} seed(s), "
+                   + ", ".join(f"seed {r['seed']} {r['backbone']}" for r in rs) + ".")
+    return out
+
+
+def _set_row(s: str, g: list[dict], au: list[dict], cold: list[dict], lines: list[str]) -> dict:
     by = {st: [r for r in g if r["strategy"] == st] for st in GRID}
     means = {st: common.mean_sd(r["val_acc"] for r in rs)[0] for st, rs in by.items() if rs}
     best = max(means, key=means.get)
     best_test = common.mean_sd(r["test_acc"] for r in by[best])[0]
     auto_test = common.mean_sd(r["test_acc"] for r in au)[0]
     grid_cpu = sum(r["cpu_s"] for r in g) / len({r["seed"] for r in g})
-    auto_cpu = common.mean_sd(r["cpu_s"] for r in au)[0]
+    auto_cpu = common.mean_sd(r["cpu_s"] for r in (cold or au))[0]
     gap = auto_test - best_test
     verdict = "met" if gap >= -0.01 and auto_cpu <= 0.25 * grid_cpu else "missed"
     line = (f"- {s}: auto {100 * auto_test:.1f} % against the grid's validation choice "
@@ -187,7 +226,8 @@ def _set_row(s: str, g: list[dict], au: list[dict], lines: list[str]) -> dict:
             "grid choice (val)": best, "grid choice test %": f"{100 * best_test:.1f}",
             "auto test %": common.fmt_pct(r["test_acc"] for r in au),
             "auto chose (per seed)": chosen, "grid CPU s / seed": round(grid_cpu),
-            "auto CPU s": round(auto_cpu), "auto / grid CPU": f"{100 * auto_cpu / grid_cpu:.0f} %"}
+            "auto CPU s" + ("" if cold else " (warm cache)"): round(auto_cpu),
+            "auto / grid CPU": f"{100 * auto_cpu / grid_cpu:.0f} %"}
 
 
 def plot(md: list[dict]) -> None:

@@ -262,7 +262,8 @@ def build_strategy(cfg: RunConfig):
     name, options = cfg.strategy.name, cfg.strategy.options
     if is_auto(cfg):
         if options:
-            raise ConfigError("--strategy auto takes no -o options (it chooses them)")
+            raise ConfigError(f"-o {', '.join(options)}: --strategy auto takes no -o options "
+                              "(it chooses them); name a strategy to set its options")
         d = cfg.data
         if d.classes is not None or d.descriptions is not None:
             flag = "--classes" if d.classes is not None else "--descriptions"
