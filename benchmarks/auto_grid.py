@@ -63,16 +63,7 @@ def data_path(name: str) -> str:
             keep = np.sort(np.random.default_rng(0).permutation(len(src["y"]))[:1500])
             np.savez(path, x=src["x"][keep], y=src["y"][keep])
         return str(path)
-    path = out / f"{name}.tsv"
-    if not path.exists():
-        lines = ["text\tlabel"]
-        raw = (SHARED / "uci_sentiment" / f"{UCI[name]}_labelled.txt").read_text(errors="replace")
-        for line in raw.splitlines():
-            text, _, label = line.strip().rpartition("\t")
-            if text and label in ("0", "1"):
-                lines.append(f"{' '.join(text.split())}\t{label}")
-        path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return str(common.uci_tsv(UCI[name], out / f"{name}.tsv"))
 
 
 def cpu_seconds() -> float:
@@ -102,7 +93,6 @@ def one_run(set_name: str, strategy: str, seed: int, cold: bool = False) -> dict
            "cpu_s": round(cpu_seconds() - c0, 1), "seconds": round(time.perf_counter() - t0, 1),
            "backbone": m["backbone"], "chosen": m["strategy"]}
     if m.get("auto"):
-        chosen = m["auto"]["chosen"]
         row["reasons"] = m["auto"]["reasons"]
     return row
 

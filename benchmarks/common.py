@@ -6,7 +6,8 @@
 * the run store: :class:`RunStore` keeps finished runs one JSON object a line, keyed by
   :func:`run_key` (a stable hash of the run's settings); :meth:`RunStore.run` skips a finished
   run and runs and stores the rest, so an interrupted benchmark continues;
-* threads: :func:`pin_blas_threads` (before numpy is imported) and :func:`set_threads`;
+* threads: :func:`pin_blas_threads` (before numpy is imported), :func:`set_threads` and
+  :func:`one_thread` (a function run on one torch thread);
   :func:`episode_count` (the arguments every episodic benchmark takes);
 * formatting: :func:`mean_sd`, :func:`fmt_pct` (mean ± sd in %), :func:`fmt_share`
   (one fraction in %);
@@ -14,7 +15,8 @@
   date), :func:`md_table`;
 * figures: :func:`pyplot`, :func:`grouped_bars` (bars with error bars), :func:`bars_by_group`
   (one bar per configuration within each group of rows), :func:`save_figure`;
-* data files: :func:`read_sentence_lines` (the sentence-classification sets);
+* data files: :func:`read_sentence_lines` (the sentence-classification sets),
+  :func:`uci_tsv` (a UCI sentiment domain as a TSV ``fit`` reads);
 * child processes: :func:`run_child` (a fresh process, e.g. for a peak-memory figure).
 
 Nothing here imports a private name of ``transferkit``.
@@ -72,6 +74,20 @@ def pin_blas_threads(n: int = 1) -> None:
     cores and closed-form fits slow down several-fold.  A value already set is kept."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
+
+
+def one_thread(fn: Callable) -> Callable:
+    """``fn`` run with one torch thread (the count before is restored)."""
+    def run(*a, **k):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*a, **k)
+        finally:
+            torch.set_num_threads(before)
+    return run
 
 
 def set_threads(n: int) -> None:
@@ -187,6 +203,21 @@ def store_run(path: Path, row: dict) -> None:
 
 
 # --------------------------------------------------------------------------- data files
+
+def uci_tsv(domain: str, path: Path) -> Path:
+    """UCI sentiment domain ``domain`` (``amazon_cells``, ``yelp``, ``imdb``) as a ``text``
+    / ``label`` TSV at ``path`` (written once; whitespace runs collapsed)."""
+    if not path.exists():
+        lines = ["text\tlabel"]
+        raw = (SHARED / "uci_sentiment" / f"{domain}_labelled.txt").read_text(errors="replace")
+        for line in raw.splitlines():
+            text, _, label = line.strip().rpartition("\t")
+            if text and label in ("0", "1"):
+                lines.append(f"{' '.join(text.split())}\t{label}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
 
 def read_sentence_lines(path: Path, keep_empty: bool = False) -> tuple[list[str], list[int]]:
     """``<label> <sentence>`` lines of ``../shared/data/sentence_classification``; a line that

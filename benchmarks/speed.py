@@ -145,15 +145,7 @@ def decode_facts(samples) -> dict:
 
 # =========================================================================== 1. features
 
-def one_thread(fn):
-    def run(*a, **k):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*a, **k)
-        finally:
-            torch.set_num_threads(before)
-    return run
+one_thread = common.one_thread
 
 
 def forward_pooled(model, x):

@@ -79,15 +79,7 @@ def read_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
                   f"(amazon / yelp / imdb), seed {seed}, shuffled")
 
 
-def one_thread(fn):
-    def run(*a, **k):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*a, **k)
-        finally:
-            torch.set_num_threads(before)
-    return run
+one_thread = common.one_thread
 
 
 def padding_facts(bb, texts, batch) -> dict:

@@ -56,15 +56,7 @@ def domain_files(name: str) -> list[Path]:
     files = []
     for d in SETS[name]["domains"]:
         if name == "uci":
-            path = out / f"{d}.tsv"
-            if not path.exists():
-                lines = ["text\tlabel"]
-                raw = (SHARED / "uci_sentiment" / f"{d}_labelled.txt").read_text(errors="replace")
-                for line in raw.splitlines():
-                    text, _, label = line.strip().rpartition("\t")
-                    if text and label in ("0", "1"):
-                        lines.append(f"{' '.join(text.split())}\t{label}")
-                path.write_text("\n".join(lines) + "\n")
+            path = common.uci_tsv(d, out / f"{d}.tsv")
         else:
             path = out / f"{d}.npz"
             if not path.exists():
