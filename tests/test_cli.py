@@ -98,6 +98,7 @@ def test_list(capsys):
     code, out, _ = run(["list", "strategies"], capsys)
     for name in ("linear", "freeze", "partial", "finetune"):
         assert name in out
+    assert any(line.startswith("auto ") and "(the default)" in line for line in out.splitlines())
 
 
 def test_help_has_examples(capsys):

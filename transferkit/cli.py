@@ -490,7 +490,7 @@ def cmd_list(a) -> int:
     else:
         for s in list_strategies():
             print(f"{s.name:12s} {s.description}")
-        print(f"{'auto':12s} {AUTO_DESCRIPTION}")
+        print(f"{'auto':12s} {AUTO_DESCRIPTION} (the default)")
     return 0
 
 
