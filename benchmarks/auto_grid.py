@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -66,11 +65,6 @@ def data_path(name: str) -> str:
     return str(common.uci_tsv(UCI[name], out / f"{name}.tsv"))
 
 
-def cpu_seconds() -> float:
-    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def one_run(set_name: str, strategy: str, seed: int, cold: bool = False) -> dict:
     """One fit; ``cold``: with a feature cache of its own, emptied first (so its CPU time
     includes every feature pass)."""
@@ -84,13 +78,13 @@ def one_run(set_name: str, strategy: str, seed: int, cold: bool = False) -> dict
         folder = CACHE / "auto_grid_cold_cache"
         shutil.rmtree(folder, ignore_errors=True)
         extra["cache_dir"] = str(folder)
-    c0, t0 = cpu_seconds(), time.perf_counter()
+    c0, t0 = common.cpu_seconds(), time.perf_counter()
     tm = transferkit.fit(data_path(set_name), strategy=strategy, seed=seed, quiet=True,
                          out=str(out), overwrite=True, **SETS[set_name], **extra)
     m = tm.metrics
     row = {"set": set_name, "strategy": strategy, "seed": seed,
            "val_acc": m["val"]["accuracy"], "test_acc": m["test"]["accuracy"],
-           "cpu_s": round(cpu_seconds() - c0, 1), "seconds": round(time.perf_counter() - t0, 1),
+           "cpu_s": round(common.cpu_seconds() - c0, 1), "seconds": round(time.perf_counter() - t0, 1),
            "backbone": m["backbone"], "chosen": m["strategy"]}
     if m.get("auto"):
         row["reasons"] = m["auto"]["reasons"]

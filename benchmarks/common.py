@@ -246,6 +246,14 @@ def run_child(script: str | Path, spec: dict) -> None:
     subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], check=True)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    import resource
+
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (MB)."""
     import resource

@@ -239,10 +239,11 @@ SCORE_NAMES = ["logme", "hscore", "hscore_reg", "sfda"]
 RANDOM_DRAWS = 1000
 
 
-def taus(rows: list[dict], sets: list[str]) -> dict[str, dict[str, float]]:
-    """``{score: {set: weighted tau}}``, with two references: ``probe_val`` (the probes' own
-    best validation accuracy: what the probes cost) and ``random`` (the mean over random
-    scores: about 0)."""
+def taus(rows: list[dict], sets: list[str], truth: str = "probe_test_acc",
+         own_val: str = "probe_val_acc") -> dict[str, dict[str, float]]:
+    """``{score: {set: weighted tau}}`` against the accuracy ``truth``, with two references:
+    ``probe_val`` (``own_val``: the trained candidates' own validation accuracy, what training
+    them all costs) and ``random`` (the mean over random scores: about 0)."""
     import numpy as np
     from scipy.stats import weightedtau
 
@@ -250,24 +251,25 @@ def taus(rows: list[dict], sets: list[str]) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(SEED)
     for s in sets:
         rs = [r for r in rows if r["set"] == s]
-        acc = np.array([r["probe_test_acc"] for r in rs])
+        acc = np.array([r[truth] for r in rs])
         for k in SCORE_NAMES:
             out[k][s] = float(weightedtau([r[k] for r in rs], acc).statistic)
-        out["probe_val"][s] = float(weightedtau([r["probe_val_acc"] for r in rs], acc).statistic)
+        out["probe_val"][s] = float(weightedtau([r[own_val] for r in rs], acc).statistic)
         out["random"][s] = float(np.mean([weightedtau(rng.random(len(rs)), acc).statistic
                                           for _ in range(RANDOM_DRAWS)]))
     return out
 
 
-def top1_regret(rows: list[dict], sets: list[str], key: str) -> float:
-    """Mean over sets of (best test accuracy - test accuracy of the candidate ``key`` picks)."""
+def top1_regret(rows: list[dict], sets: list[str], key: str,
+                truth: str = "probe_test_acc") -> float:
+    """Mean over sets of (best ``truth`` accuracy - that of the candidate ``key`` picks)."""
     import numpy as np
 
     gaps = []
     for s in sets:
         rs = [r for r in rows if r["set"] == s]
         pick = max(rs, key=lambda r: r[key])
-        gaps.append(max(r["probe_test_acc"] for r in rs) - pick["probe_test_acc"])
+        gaps.append(max(r[truth] for r in rs) - pick[truth])
     return float(np.mean(gaps))
 
 
