@@ -282,24 +282,59 @@ def settings(method: str) -> dict:
 
 # --------------------------------------------------------------------------- report
 
+#: the 8-shot run of 2026-12-01, whose per-split store was not kept: its aggregates and paired
+#: differences are carried into the table, marked, for the methods the store has no run of
+CARRIED = common.RESULTS / f"{STEM}_8shot_2026-12-01"
+
+
+def _carried() -> dict:
+    """``{(shots, set): aggregate row}`` of the carried run."""
+    import csv
+
+    with open(CARRIED.with_suffix(".csv"), newline="") as f:
+        return {(int(r["shots"]), r["set"]): r for r in csv.DictReader(f)}
+
+
+def _cell(store, carried: dict | None, name: str, k: int, method: str, splits: int,
+          mdrow: dict) -> dict:
+    """One method's aggregate over the stored splits, or the carried run's (marked †)."""
+    run = "setfit" if method.startswith("setfit") else method
+    accs = [store.done[key].get(method) for key in
+            (_key(name, k, s, run) for s in range(splits)) if key in store.done]
+    accs = [a for a in accs if a is not None]
+    if not accs and carried and int(carried[f"{method}_n"] or 0):
+        m, sd, n = (float(carried[f"{method}_{x}"]) for x in ("mean", "sd", "n"))
+        mdrow[method] = f"{m:.1f} ± {sd:.1f}" + (f" (n={n:.0f})" if n != splits else "") + " †"
+        return {f"{method}_mean": m, f"{method}_sd": sd, f"{method}_n": int(n),
+                f"{method}_run": CARRIED.name}
+    m, sd = mean_sd(accs)
+    mdrow[method] = (fmt_pct(accs) + (f" (n={len(accs)})" if len(accs) != splits
+                                      else "")) if accs else "-"
+    return {f"{method}_mean": round(100 * m, 2) if accs else None,
+            f"{method}_sd": round(100 * sd, 2) if accs else None,
+            f"{method}_n": len(accs), f"{method}_run": "store" if accs else ""}
+
+
+def _carried_pairs() -> dict:
+    """``{(shots, set): [cell per PAIRS]}`` from the carried run's paired table."""
+    out = {}
+    for line in CARRIED.with_suffix(".md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 + len(PAIRS) and cells[0].isdigit() and "(" in cells[2]:
+            out[(int(cells[0]), cells[1])] = cells[2:]
+    return out
+
+
 def report(store, sets, shot_list, splits) -> None:
     store.reload()  # rows stored by another process running other sets
+    carried = _carried()
     rows, md = [], []
     for k in shot_list:
         for name in sets:
             row = {"shots": k, "set": name}
             mdrow = {"K": k, "set": name}
             for method in METHODS:
-                run = "setfit" if method.startswith("setfit") else method
-                accs = [store.done[key].get(method) for key in
-                        (_key(name, k, s, run) for s in range(splits)) if key in store.done]
-                accs = [a for a in accs if a is not None]
-                m, sd = mean_sd(accs)
-                row.update({f"{method}_mean": round(100 * m, 2) if accs else None,
-                            f"{method}_sd": round(100 * sd, 2) if accs else None,
-                            f"{method}_n": len(accs)})
-                mdrow[method] = (fmt_pct(accs) + (f" (n={len(accs)})" if len(accs) != splits
-                                                  else "")) if accs else "-"
+                row.update(_cell(store, carried.get((k, name)), name, k, method, splits, mdrow))
             if k == 8 and name in PUBLISHED_8:
                 p = PUBLISHED_8[name]
                 mdrow["published SetFit (MiniLM)"] = f"{p[0]} ± {p[1]}"
@@ -354,12 +389,32 @@ ANALYSIS = """
   The linear probe has all ten splits everywhere (its frozen test features are cached).
 """
 
-PILOT_NOTES = """The encoder's learning rate of the contrastive stage, chosen on the SST-2 and SST-5 dev
-files (300 stratified dev sentences each; 8 shots per class drawn with split seed 100 from the
-training pool; no test sentence).  One split each: a coarse choice, made once.  Outcome: lr
-1e-4 (better than SetFit's 2e-5 with both heads on both sets: with 5 iterations of 16-pair
-steps, 2e-5 barely moves the encoder, see the loss) and SetFit's head (C = 1 on the raw
-embeddings; better in three of the four runs) for the main table."""
+PILOT_NOTES = """Runs: `python benchmarks/setfit_text.py --shots K --splits N --methods METHOD [--sets ...]`
+(`nice -n 5`, 1 torch thread a process, several processes sharing the run store) on the
+machine above, which other benchmark jobs shared throughout; this table by `--report-only`.
+
+Test accuracy (%), mean ± sample sd over seeded splits; "(n=…)" where fewer splits than ten
+were scored.  **†**: carried over from the 8-shot run of 2026-12-01
+(`setfit_text_8shot_2026-12-01.md`, same code and settings), whose per-split run store was not
+kept: its aggregates and paired differences are copied, not recomputed.  Every choice is made
+on the K shots alone or on the dev files (the pilot, `setfit_text_pilot.md`); no test sentence
+makes a choice.  `linear`: logistic regression on frozen features, C by cross-validation over
+the shots (`fit --shots K --strategy linear`).  `setfit`: the `setfit` strategy, 5 iterations
+of pairs (each sentence paired once with one of its class and once with one of another per
+iteration: 10 pairs per labelled sentence, 160 pairs at 8 shots × 2 classes, about SetFit
+1.x's default count), 8 anchors (16 pairs) a step, encoder lr 1e-4 (pilot), cosine loss,
+SetFit's head (C = 1 on raw embeddings).  `setfit+pseudo`: the same run's head self-trained on
+200 unlabelled sentences of the training pool (the 16 most confident per predicted class
+added; their labels never read).  `setfit-cv`: the same tuned encoder, the linear strategy's
+head (C by cross-validation over the shots).  `finetune`: the `finetune` strategy on the same
+shots (head 10 epochs at lr 1e-2 on cached features, then 10 epochs of the whole encoder at
+the default 5e-5; the epoch kept is the one scoring best on the shots themselves, as `fit
+--shots` does without `--val`).
+
+Test sentences: CR a seeded stratified 2,000 of its 3,775 (the rest is the pool); SST-5 its
+official test file (2,210); SST-2 1,000 of its official 1,821 (seeded, stratified); MR, SUBJ,
+MPQA 1,000 carved from the one file; TREC its official 500.  The same test sentences for every
+split, K and method."""
 
 NOTES = """Runs: `python benchmarks/setfit_text.py --sets SET --methods METHOD [--splits N]
 [--first-split S] [--reverse]` per set and method, up to four processes sharing the run store
@@ -395,10 +450,11 @@ def paired(store, sets, shot_list, splits) -> str:
     out = ["", "", "Paired differences on the same splits (points, mean ± sd; wins / splits):", "",
            "| K | set | " + " | ".join(f"{a} − {b}" for a, b in PAIRS) + " |",
            "|---|---|" + "---|" * len(PAIRS)]
+    carried = _carried_pairs()
     for k in shot_list:
         for name in sets:
             cells, any_ = [], False
-            for a, b in PAIRS:
+            for i, (a, b) in enumerate(PAIRS):
                 d = []
                 for sp in range(splits):
                     ra = store.done.get(_key(name, k, sp, _run_of(a)), {}).get(a)
@@ -406,9 +462,10 @@ def paired(store, sets, shot_list, splits) -> str:
                     if ra is not None and rb is not None:
                         d.append(100 * (ra - rb))
                 m, sd = mean_sd(d)
+                old = carried.get((k, name), ["-"] * len(PAIRS))[i]
                 cells.append(f"{m:+.1f} ± {sd:.1f} ({sum(x > 0 for x in d)}/{len(d)})" if d
-                             else "-")
-                any_ = any_ or bool(d)
+                             else "-" if old == "-" else old + " †")
+                any_ = any_ or bool(d) or old != "-"
             if any_:
                 out.append(f"| {k} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -527,11 +584,11 @@ def main() -> None:
                 for s in (reversed(order) if args.reverse else order):
                     for method in args.methods:
                         store.reload()  # another process may have run this one
-                        row = store.run(_key(name, k, s, method),
-                                        lambda: RUNNERS[method](enc, (pool, test, xt), k, s),
-                                        label=f"{name} {k}-shot split {s} {method}",
-                                        summary=lambda r: str({a: (round(b, 3) if isinstance(b, float) else b)
-                                                               for a, b in r.items()}))
+                        store.run(_key(name, k, s, method),
+                                  lambda: RUNNERS[method](enc, (pool, test, xt), k, s),
+                                  label=f"{name} {k}-shot split {s} {method}",
+                                  summary=lambda r: str({a: (round(b, 3) if isinstance(b, float) else b)
+                                                         for a, b in r.items()}))
                 report(store, args.report_sets, args.report_shots, args.splits)
     report(store, args.report_sets, args.report_shots, args.splits)
 
