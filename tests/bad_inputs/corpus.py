@@ -108,6 +108,13 @@ def fit_text(data, ctx: Context, *extra) -> list:
             ctx.root / "run", "-q", *extra]
 
 
+def with_backbone(args: list, *backbone) -> list:
+    """A ``fit`` / ``fit_text`` command with its ``--backbone`` value replaced by ``backbone``
+    (one or more arguments)."""
+    i = args.index("--backbone") + 1
+    return args[:i] + list(backbone) + args[i + 1:]
+
+
 def evaluated(n: int) -> Callable[[str, str], None]:
     """Check that ``evaluate --json`` scored ``n`` samples."""
     def check(out: str, err: str) -> None:
@@ -942,7 +949,7 @@ def evaluate_unlabelled_folder(ctx):
 def weights_hostile_pth(ctx):
     data = image_folder(ctx.root / "d")
     evil = hostile_pth(ctx.root / "evil.pth")
-    return Case(fit(data, ctx)[:3] + ["timm:test_efficientnet", "--weights", evil] + fit(data, ctx)[4:],
+    return Case(with_backbone(fit(data, ctx), "timm:test_efficientnet", "--weights", evil),
                 names=("evil.pth", "not a plain tensor file", "cannot be loaded safely"),
                 never=("weights_only", "UserWarning", "arbitrary code"))
 
@@ -951,24 +958,27 @@ def weights_hostile_pth(ctx):
 def weights_garbage_pth(ctx):
     data = image_folder(ctx.root / "d")
     (ctx.root / "junk.pth").write_bytes(os.urandom(512))
-    return Case(fit(data, ctx)[:3] + ["timm:test_efficientnet", "--weights", ctx.root / "junk.pth"]
-                + fit(data, ctx)[4:], names=("junk.pth", "not a plain tensor file"),
+    return Case(with_backbone(fit(data, ctx), "timm:test_efficientnet", "--weights",
+                              ctx.root / "junk.pth"),
+                names=("junk.pth", "not a plain tensor file"),
                 never=("weights_only",))
 
 
 @case
 def weights_missing(ctx):
     data = image_folder(ctx.root / "d")
-    return Case(fit(data, ctx)[:3] + ["timm:test_efficientnet", "--weights", ctx.root / "w.pth"]
-                + fit(data, ctx)[4:], names=("w.pth", "does not exist"))
+    return Case(with_backbone(fit(data, ctx), "timm:test_efficientnet", "--weights",
+                              ctx.root / "w.pth"),
+                names=("w.pth", "does not exist"))
 
 
 @case
 def weights_unknown_format(ctx):
     data = image_folder(ctx.root / "d")
     (ctx.root / "w.onnx").write_bytes(b"onnx?")
-    return Case(fit(data, ctx)[:3] + ["timm:test_efficientnet", "--weights", ctx.root / "w.onnx"]
-                + fit(data, ctx)[4:], names=("w.onnx", "unknown format"))
+    return Case(with_backbone(fit(data, ctx), "timm:test_efficientnet", "--weights",
+                              ctx.root / "w.onnx"),
+                names=("w.onnx", "unknown format"))
 
 
 @case
@@ -978,7 +988,7 @@ def hf_folder_with_pickled_weights(ctx):
         (folder / name).unlink(missing_ok=True)
     hostile_pth(folder / "pytorch_model.bin")
     path = csv_file(ctx.root / "t.csv", text_rows())
-    return Case(fit_text(path, ctx)[:3] + [f"hf:{folder}"] + fit_text(path, ctx)[4:],
+    return Case(with_backbone(fit_text(path, ctx), f"hf:{folder}"),
                 names=("pytorch_model.bin", "not a plain tensor file", "cannot be loaded safely"),
                 never=("weights_only",))
 
@@ -989,7 +999,7 @@ def hf_folder_without_config(ctx):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")
     path = csv_file(ctx.root / "t.csv", text_rows())
-    return Case(fit_text(path, ctx)[:3] + [f"hf:{folder}"] + fit_text(path, ctx)[4:],
+    return Case(with_backbone(fit_text(path, ctx), f"hf:{folder}"),
                 names=("model", "no config.json"))
 
 
@@ -999,35 +1009,35 @@ def vectors_file_with_nan(ctx):
     vectors = ctx.root / "v.txt"
     vectors.write_text("good 0.1 0.2\nbad nan 0.3\n")
     path = csv_file(ctx.root / "t.csv", text_rows())
-    return Case(fit_text(path, ctx)[:3] + [f"vectors:{vectors}"] + fit_text(path, ctx)[4:],
+    return Case(with_backbone(fit_text(path, ctx), f"vectors:{vectors}"),
                 names=("v.txt", "line 2", "not a finite number"))
 
 
 @case
 def hub_name_offline(ctx):
     path = csv_file(ctx.root / "t.csv", text_rows())
-    return Case(fit_text(path, ctx)[:3] + ["hf:nobody/not-a-cached-model"] + fit_text(path, ctx)[4:],
+    return Case(with_backbone(fit_text(path, ctx), "hf:nobody/not-a-cached-model"),
                 names=("hf:nobody/not-a-cached-model", "not in the local cache"))
 
 
 @case
 def unknown_backbone(ctx):
     data = image_folder(ctx.root / "d")
-    return Case(fit(data, ctx)[:3] + ["resnet9000"] + fit(data, ctx)[4:],
+    return Case(with_backbone(fit(data, ctx), "resnet9000"),
                 names=("resnet9000", "unknown backbone"))
 
 
 @case
 def combined_backbone_of_one(ctx):
     data = image_folder(ctx.root / "d")
-    return Case(fit(data, ctx)[:3] + ["concat:tiny-cnn"] + fit(data, ctx)[4:],
+    return Case(with_backbone(fit(data, ctx), "concat:tiny-cnn"),
                 names=("concat:tiny-cnn", "two or more"))
 
 
 @case
 def combined_backbone_with_a_text_member(ctx):
     data = image_folder(ctx.root / "d")
-    return Case(fit(data, ctx)[:3] + ["concat:tiny-cnn+tiny-bert"] + fit(data, ctx)[4:],
+    return Case(with_backbone(fit(data, ctx), "concat:tiny-cnn+tiny-bert"),
                 names=("concat:tiny-cnn+tiny-bert", "'tiny-bert' is not an image backbone"))
 
 
