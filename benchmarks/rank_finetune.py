@@ -165,6 +165,9 @@ def notes(rows: list[dict], sets: list[str], summary: list[dict]) -> str:
     mean_probe = common.mean_sd(r["probe_test_acc"] for r in rows)[0]
     mean_ft = common.mean_sd(r["finetune_test_acc"] for r in rows)[0]
     return f"""Machine as run: {rk.MACHINE}; one torch thread and one BLAS thread a process.
+Runs: `python benchmarks/rank_finetune.py --sets SETS --threads 1` in up to three processes
+sharing the run store (`--sets CR`; `SST-2,SST-5,TREC`; `SUBJ,MR`; `MPQA`); this table by
+`--report-only`.
 
 {len(rows) // len(sets)} candidates on each of {len(sets)} sets ({', '.join(sets)}): `minilm` cut
 after layer 1..6 (`hf:` folders with `num_hidden_layers = k`), `glove`, `wordllama`. Each set cut
