@@ -261,6 +261,22 @@ def test_timm_weights_file_refused(tmp_path):
         build_backbone("timm:test_efficientnet", weights=str(tmp_path / "junk.safetensors"))
 
 
+def test_garbage_pth_is_not_a_plain_tensor_file_whatever_the_unpickler_raises(tmp_path):
+    import random
+
+    from transferkit.backbones.base import load_plain_tensors
+
+    # these bytes make torch's weights-only unpickler raise IndexError, not UnpicklingError
+    (tmp_path / "junk.pth").write_bytes(random.Random(2).randbytes(512))
+    with pytest.raises(BackboneError, match=r"junk\.pth.*not a plain tensor file"):
+        load_plain_tensors(tmp_path / "junk.pth")
+    # a torch zip cut short is a damaged file, not a pickled object
+    torch.save({"w": torch.zeros(4)}, tmp_path / "cut.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:-40])
+    with pytest.raises(BackboneError, match=r"cut\.pth"):
+        load_plain_tensors(tmp_path / "cut.pth")
+
+
 @pytest.fixture
 def empty_hub_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants

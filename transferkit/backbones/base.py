@@ -57,6 +57,7 @@ import inspect
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -363,10 +364,12 @@ def load_plain_tensors(path: str | os.PathLike) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise BackboneError(f"weights file {os.fspath(path)!r}: not a plain tensor file (it "
-                            "holds Python objects, or is not a torch file); it cannot be "
-                            "loaded safely. Save the tensors alone, or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt zip, a truncated file, ...
+        # outside torch's zip format the weights-only unpickler reads the bytes as a legacy
+        # pickle stream: whatever it raises there means the same thing
+        if isinstance(exc, pickle.UnpicklingError) or not zipfile.is_zipfile(path):
+            raise BackboneError(f"weights file {os.fspath(path)!r}: not a plain tensor file (it "
+                                "holds Python objects, or is not a torch file); it cannot be "
+                                "loaded safely. Save the tensors alone, or as .safetensors") from None
         raise BackboneError(f"cannot read weights file {os.fspath(path)!r}: {one_line(exc)}") from None
 
